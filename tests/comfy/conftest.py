@@ -1,0 +1,36 @@
+"""Comfy tier: real comfy.* objects in-process, on the generated small models (CPU)."""
+
+import pytest
+from comfy_env import MODELS, import_comfy, load_pack, register_model_folders
+
+import_comfy(cpu=True)
+register_model_folders()
+
+SD15 = MODELS / "checkpoints" / "loom-tiny-sd15.safetensors"
+SD15_LORA = "loom-tiny-sd15-lora.safetensors"
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return load_pack()
+
+
+@pytest.fixture(scope="session")
+def sd15():
+    """(model patcher, clip, vae) of the tiny SD1.5 checkpoint, loaded once per session."""
+    import comfy.sd
+
+    if not SD15.exists():
+        pytest.fail(f"{SD15} is missing: run `make models`")
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(SD15), output_vae=True, output_clip=True)
+    return model, clip, vae
+
+
+def patched_state(patcher) -> dict:
+    """The weights a patcher produces when loaded, as a plain state dict (then unpatched again)."""
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+    sd = {k: v.detach().clone() for k, v in patcher.model.state_dict().items()}
+    patcher.unpatch_model()
+    return sd

@@ -1,0 +1,68 @@
+"""The pack inside a real ComfyUI server: loads cleanly, lists its nodes, runs the example workflows."""
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from workflow_api import ui_to_api
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
+
+
+def loom_node_ids() -> set[str]:
+    """Node ids declared in the pack's source (schema node_id="Loom...")."""
+    import re
+
+    ids = set()
+    for path in (REPO / "nodes").glob("*.py"):
+        ids |= set(re.findall(r'node_id="(Loom\w+)"', path.read_text()))
+    return ids
+
+
+def test_pack_loaded_without_import_errors(server, object_info):
+    assert server.import_failures() == []
+    log = server.log_text()
+    assert "lora-loom" in log  # ComfyUI lists the custom node folder and its import time
+    assert "Traceback" not in log
+
+
+def test_every_loom_node_is_served(object_info):
+    ids = loom_node_ids()
+    assert ids, "no Loom node ids found in nodes/"
+    missing = ids - set(object_info)
+    assert not missing
+    for node_id in ids:
+        info = object_info[node_id]
+        assert info["category"].startswith("loom/")
+        assert info["display_name"].startswith("Loom ")
+
+
+def test_web_directory_is_served(server):
+    listing = server.get("/extensions")
+    assert any("lora-loom" in path or "lora_loom" in path for path in listing), listing
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_example_workflow_runs(server, object_info, path):
+    workflow = json.loads(path.read_text())
+    prompt = ui_to_api(workflow, object_info)
+    assert any(n["class_type"].startswith("Loom") for n in prompt.values()), "examples must use a Loom node"
+    result = server.run_prompt(prompt, timeout=600)
+    assert result["images"], f"{path.name} produced no image"
+    for img_path in result["images"]:
+        with Image.open(img_path) as img:
+            assert img.size[0] > 0 and img.getextrema() != ((0, 0), (0, 0), (0, 0))
+    # The sampler reported per-step progress over the websocket.
+    assert any(value == maximum for _, value, maximum in result["progress"])
+
+
+def test_bad_lora_name_is_rejected_and_server_keeps_serving(server, object_info):
+    workflow = json.loads(WORKFLOWS[0].read_text())
+    prompt = ui_to_api(workflow, object_info)
+    loader = next(n for n in prompt.values() if n["class_type"] == "LoomLoraLoader")
+    loader["inputs"]["lora_name"] = "does-not-exist.safetensors"
+    with pytest.raises(Exception, match="lora_name"):
+        server.run_prompt(prompt, timeout=120)
+    assert server.get("/system_stats")["system"]  # still serving
