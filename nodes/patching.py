@@ -45,7 +45,10 @@ class LoomWeightPatch(WeightAdapterBase):
         original_weight=None,
     ):
         merged = adapters.merged_weight(weight, self.adapter, strength)
-        weight.copy_(function(merged.to(weight.dtype)) if function is not None else merged.to(weight.dtype))
+        if function is None:
+            weight.copy_(merged)
+        else:  # ComfyUI's per-key transform applies to the update, not the whole weight
+            weight += function(merged - weight)
         return weight
 
 

@@ -73,6 +73,7 @@ def load_pack():
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_MODULE] = module
     spec.loader.exec_module(module)
+    importlib.import_module(f"{PACK_MODULE}.nodes")  # what comfy_entrypoint loads
     return module
 
 

@@ -163,7 +163,15 @@ class ComfyServer:
                 raise ServerError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
         finally:
             ws.close()
-        history = self.get(f"/history/{prompt_id}")[prompt_id]
+        # The "done" message precedes the history entry by a moment.
+        history = None
+        for _ in range(100):
+            history = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if history is not None:
+                break
+            time.sleep(0.1)
+        if history is None:
+            raise ServerError(f"prompt {prompt_id} finished but never appeared in /history")
         status = history.get("status", {})
         if status.get("status_str") == "error":
             raise ServerError(f"prompt {prompt_id} failed: {json.dumps(status.get('messages'))[:2000]}")

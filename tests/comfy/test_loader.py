@@ -20,7 +20,8 @@ def test_loader_matches_core_and_unpatches_to_original(pack, sd15):
     loader = pack.nodes.loader.LoomLoraLoader
     out = loader.execute(model=model, clip=clip, lora_name=SD15_LORA, strength_model=0.8, strength_clip=0.5)
     loom_model, loom_clip, report = out.result
-    assert report.startswith(f"{SD15_LORA}: 26/26 modules matched")  # 14 UNet + 12 CLIP-L attention modules
+    # q/k/v/out of 14 UNet attention modules and 12 CLIP-L layers
+    assert report == f"{SD15_LORA}: 104/104 modules matched, 104 weights patched"
     core_model, core_clip = _core_load(model, clip, 0.8, 0.5)
 
     ours, core = patched_state(loom_model), patched_state(core_model)

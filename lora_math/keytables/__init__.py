@@ -1,0 +1,33 @@
+"""Key -> shape tables of full-size models, in ComfyUI ModelPatcher key naming.
+
+``sd15``, ``sdxl`` and ``flux`` hold the denoiser (``diffusion_model.…``) and text encoder (``clip_l.transformer.…``,
+``clip_g.transformer.…``, ``t5xxl.transformer.…``) weights and biases of every ``Linear`` / ``Conv`` module: what a
+LoRA can target. They are data written by ``scripts/make_keytables.py`` from ComfyUI's own model classes built on
+the ``meta`` device; use them to match a LoRA against a model without loading one.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+from pathlib import Path
+
+__all__ = ["ARCHES", "load_keytable"]
+
+ARCHES: tuple[str, ...] = ("sd15", "sdxl", "flux")
+_HERE = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=len(ARCHES))
+def _load(arch: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    with gzip.open(_HERE / f"{arch}.json.gz", "rt", encoding="utf-8") as fh:
+        doc = json.load(fh)
+    return tuple((key, tuple(shape)) for key, shape in doc["keys"].items())
+
+
+def load_keytable(arch: str) -> dict[str, tuple[int, ...]]:
+    """Return a fresh ``{model key: shape}`` dict for ``arch`` (one of :data:`ARCHES`)."""
+    if arch not in ARCHES:
+        raise ValueError(f"no key table for base model {arch!r}; choose one of {', '.join(ARCHES)}")
+    return dict(_load(arch))
