@@ -5,19 +5,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_path import REAL_LORAS, needs_fixtures  # noqa: E402
 from torch import Tensor
 
 from lora_math.adapters import Full, LoHa, LoKr, LoRA, bypass_forward, merged_bias, merged_weight
 from lora_math.errors import LoraFormatError, LoraShapeError
 from lora_math.io import load_state_dict
 
-REAL_LORAS = Path("/work/shared/fixtures/real_loras")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # bypass and merge round differently (merge rounds W + sΔW to the dtype once; bypass rounds base_out and the delta
 # output separately), so they agree to an ulp or two of the
@@ -463,6 +462,7 @@ def test_repr_shows_shapes_not_values() -> None:
 # --- real files ---------------------------------------------------------------------------------------------------
 
 
+@needs_fixtures
 def test_real_lokr_file_builds_clip_fc1_delta() -> None:
     sd, _ = load_state_dict(REAL_LORAS / "smart_falcon_4_lokr.safetensors")
     prefix = "lora_te_text_model_encoder_layers_0_mlp_fc1"
@@ -479,6 +479,7 @@ def test_real_lokr_file_builds_clip_fc1_delta() -> None:
     assert delta.dtype == torch.float32 and bool(torch.isfinite(delta).all()) and delta.abs().max() > 0
 
 
+@needs_fixtures
 def test_real_diffusers_lora_builds_to_k_delta() -> None:
     sd, _ = load_state_dict(REAL_LORAS / "diffusers_pr8283_sd15_pokemon.safetensors")
     prefix = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k.lora"

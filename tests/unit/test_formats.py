@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -24,17 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 GEN = torch.Generator().manual_seed(0)
 
 
-def fixtures_dir() -> Path | None:
-    """The shared fixtures corpus: $LORA_LOOM_FIXTURES, <repo>/shared/fixtures or <repo>/../shared/fixtures."""
-    env = os.environ.get("LORA_LOOM_FIXTURES")
-    for cand in ([Path(env)] if env else []) + [REPO / "shared" / "fixtures", REPO.parent / "shared" / "fixtures"]:
-        if (cand / "real_loras").is_dir():
-            return cand
-    return None
-
-
-FIXTURES = fixtures_dir()
-needs_fixtures = pytest.mark.skipif(FIXTURES is None, reason="shared fixtures corpus not found")
+from fixtures_path import FIXTURES, needs_fixtures  # noqa: E402
 
 
 def t(*shape: int) -> torch.Tensor:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_path import REAL_LORAS, needs_fixtures  # noqa: E402
 from safetensors.torch import save_file
 
 from lora_math.errors import LoraFileError
 from lora_math.io import load_state_dict, read_header
 
-REAL_LORAS = Path("/work/shared/fixtures/real_loras")
 REAL_FILES = sorted(REAL_LORAS.glob("*.safetensors"))
 
 
@@ -35,6 +35,7 @@ def _saved(tmp_path: Path, tensors: dict[str, torch.Tensor], name: str = "lora.s
 # --- loading ------------------------------------------------------------------------------------------------------
 
 
+@needs_fixtures
 def test_real_fixtures_are_present() -> None:
     assert len(REAL_FILES) >= 4
 
@@ -50,6 +51,7 @@ def test_real_files_load_on_cpu(path: Path) -> None:
     assert list(tensors[sample].shape) == header[sample]["shape"]
 
 
+@needs_fixtures
 def test_real_lokr_metadata_and_cloneofsimo_keys() -> None:
     _, metadata = load_state_dict(REAL_LORAS / "smart_falcon_4_lokr.safetensors")
     assert any(key.startswith("ss_") for key in metadata)
