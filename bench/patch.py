@@ -1,103 +1,143 @@
-"""Re-patch time after a LoRA strength change: Loom LoRA Loader vs ComfyUI core's LoraLoader.
+"""Apply and re-apply a LoRA stack: Loom LoRA Stack path vs ComfyUI core's LoraLoader chain, same run.
 
-A model with a LoRA is loaded; then the same LoRA at another strength is applied to a clone and the
-model is loaded again (ComfyUI unpatches and re-patches the weights). Both paths are timed in the
-same process on the same model. CPU: tiny SD1.5 stand-in; --gpu: full-size SDXL UNet fp16, rank 32.
+apply:   the base model is loaded; a stack of N LoRAs is applied and the model loaded for sampling.
+reapply: a stack is loaded; the same LoRAs at new strengths are applied and the model loaded again
+         (what happens when a user moves a strength slider and queues again).
+Files are parsed once on both sides (core's LoraLoader node also keeps its last file in memory), so
+the figures are the patch work. CPU: the small SDXL-class stand-in (Segmind-Vega depths), rank 8.
+--gpu: full-size SDXL UNet, random fp16 weights, rank 32 on every attention projection, peak VRAM.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
-from _common import REPO, device_name, emit, parse_args, setup, timed
+from _common import REPO, device_name, emit, parse_args, setup, sync
 
-TINY_LORA = "loom-tiny-sd15-lora.safetensors"
+ATTN = (".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight")
+SDXL_FULL = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+    channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10], context_dim=2048, num_head_channels=64,
+    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], transformer_depth_middle=10,
+    use_linear_in_transformer=True, use_spatial_transformer=True, legacy=False, num_classes="sequential",
+    adm_in_channels=2816, use_temporal_attention=False, use_temporal_resblock=False,
+)  # fmt: skip
 
 
-def sdxl_full_size_on_gpu(rank: int):
-    """Full-size SDXL UNet (random fp16 weights on CUDA) and a kohya LoRA on its attention projections."""
+def full_size_sdxl_on_gpu():
+    """Full-size SDXL UNet with random fp16 weights built on CUDA, detected by ComfyUI as SDXL."""
     import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
     import comfy.ops
     import comfy.sd
     import torch
 
-    cfg = dict(
-        image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
-        channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10], context_dim=2048, num_head_channels=64,
-        transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], transformer_depth_middle=10,
-        use_linear_in_transformer=True, use_spatial_transformer=True, legacy=False, num_classes="sequential",
-        adm_in_channels=2816, use_temporal_attention=False, use_temporal_resblock=False,
-    )  # fmt: skip
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in openaimodel.UNetModel(**cfg, operations=comfy.ops.disable_weight_init)
-                  .state_dict().items()}  # fmt: skip
+        unet = openaimodel.UNetModel(**SDXL_FULL, operations=comfy.ops.disable_weight_init)
     g = torch.Generator(device="cuda").manual_seed(0)
     sd = {}
-    for k, s in shapes.items():
-        t = torch.empty(s, device="cuda", dtype=torch.float16)
-        sd[k] = t.normal_(0, 1 / math.sqrt(max(1, math.prod(s[1:]))), generator=g) if len(s) > 1 else t.fill_(0)
-    model = comfy.sd.load_diffusion_model_state_dict(sd)
-    lora = {}
-    for k, s in shapes.items():
-        if k.endswith((".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight")):
-            name = "lora_unet_" + k[: -len(".weight")].replace(".", "_")
-            lora[f"{name}.lora_down.weight"] = torch.randn(rank, s[1], generator=g, device="cuda").half() / 30
-            lora[f"{name}.lora_up.weight"] = torch.randn(s[0], rank, generator=g, device="cuda").half() / 30
-            lora[f"{name}.alpha"] = torch.tensor(float(rank))
-    return model, lora
+    for k, v in unet.state_dict().items():
+        t = torch.empty(v.shape, device="cuda", dtype=torch.float16)
+        sd[k] = t.normal_(0, 1 / math.sqrt(math.prod(v.shape[1:])), generator=g) if v.dim() > 1 else t.fill_(0)
+    return comfy.sd.load_diffusion_model_state_dict(sd)
+
+
+def write_loras(model, count: int, rank: int) -> list[str]:
+    """Seeded kohya LoRAs on every attention projection of the model, in a bench `loras` folder."""
+    import folder_paths
+    import torch
+    from safetensors.torch import save_file
+
+    out_dir = REPO / ".runtime" / "bench" / "loras"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folder_paths.add_model_folder_path("loras", str(out_dir))
+    shapes = {k: v.shape for k, v in model.model.state_dict().items() if k.endswith(ATTN)}
+    names = []
+    for i in range(count):
+        g = torch.Generator().manual_seed(1000 + i)
+        sd = {}
+        for key, shape in shapes.items():
+            name = "lora_unet_" + key[len("diffusion_model.") : -len(".weight")].replace(".", "_")
+            sd[f"{name}.lora_down.weight"] = (torch.randn(rank, shape[1], generator=g) / math.sqrt(shape[1])).half()
+            sd[f"{name}.lora_up.weight"] = (torch.randn(shape[0], rank, generator=g) * 0.01).half()
+            sd[f"{name}.alpha"] = torch.tensor(float(rank))
+        path = out_dir / f"bench-{len(shapes)}-r{rank}-{i}.safetensors"
+        if not path.exists():
+            save_file(sd, str(path))
+        names.append(path.name)
+    return names
 
 
 def main() -> None:
-    args = parse_args(__doc__, lambda ap: ap.add_argument("--rank", type=int, default=32))
+    args = parse_args(__doc__, lambda ap: ap.add_argument("--rank", type=int, default=None))
     pack = setup(args.gpu)
     import comfy.model_management as mm
     import comfy.sd
     import comfy.utils
     import folder_paths
-    from safetensors.torch import save_file
+    import torch
 
     if args.gpu:
-        model, lora_sd = sdxl_full_size_on_gpu(args.rank)
-        tmp_dir = REPO / ".runtime" / "bench"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.cpu().contiguous() for k, v in lora_sd.items()}, str(tmp_dir / "bench-sdxl-lora.safetensors"))
-        folder_paths.add_model_folder_path("loras", str(tmp_dir))
-        lora_name, clip = "bench-sdxl-lora.safetensors", None
-        what = f"SDXL UNet full size fp16, rank {args.rank}"
+        model, rank, what = full_size_sdxl_on_gpu(), args.rank or 32, "SDXL UNet full size, fp16"
     else:
-        ckpt = folder_paths.get_full_path("checkpoints", "loom-tiny-sd15.safetensors")
-        model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(ckpt)
-        lora_name = TINY_LORA
-        lora_sd = comfy.utils.load_torch_file(folder_paths.get_full_path("loras", lora_name))
-        what = "tiny SD1.5 stand-in (fp16 weights), rank 8"
+        model = comfy.sd.load_diffusion_model(
+            folder_paths.get_full_path("diffusion_models", "loom-tiny-sdxl.safetensors")
+        )
+        rank, what = args.rank or 8, "small SDXL-class stand-in (Segmind-Vega depths)"
+    names = write_loras(model, 3, rank)
+    state_dicts = {n: comfy.utils.load_torch_file(folder_paths.get_full_path("loras", n)) for n in names}
+    patching, lora_files = pack.nodes.patching, pack.nodes.lora_files
+    parsed = {n: lora_files.load(n) for n in names}
+    targets = sum(1 for k in model.model.state_dict() if k.endswith(ATTN))
 
-    targets = len(comfy.sd.load_lora_for_models(model, None, lora_sd, 1.0, 0)[0].patches)
-    strengths = iter([0.5 + 0.01 * i for i in range(1000)])
+    def core(count, strengths):
+        m = model
+        for n, s in zip(names[:count], strengths, strict=True):
+            m = comfy.sd.load_lora_for_models(m, None, state_dicts[n], s, 0)[0]
+        return m
 
-    def repatch(make):
-        patched = make(next(strengths))
-        mm.load_models_gpu([patched], force_full_load=True)
-        patched.unpatch_model()
+    def loom(count, strengths):
+        specs = [patching.LoraSpec(n, parsed[n], s, 0) for n, s in zip(names[:count], strengths, strict=True)]
+        return patching.apply_stack(model, None, specs)[0]
 
-    def core(s):
-        return comfy.sd.load_lora_for_models(model, None, lora_sd, s, 0)[0]
+    def load(patcher):
+        mm.load_models_gpu([patcher], force_full_load=True)
 
-    def loom(s):
-        return pack.nodes.loader.LoomLoraLoader.execute(
-            model=model, clip=None, lora_name=lora_name, strength_model=s, strength_clip=0
-        ).result[0]
+    def measure(make, count, reapply: bool) -> float:
+        times = []
+        for i in range(args.repeat + 1):
+            strengths = [0.5 + 0.01 * i + 0.1 * j for j in range(count)]
+            load(make(count, [s + 0.3 for s in strengths]) if reapply else model)  # untimed starting state
+            sync()
+            t0 = time.perf_counter()
+            load(make(count, strengths))
+            sync()
+            if i:  # the first round warms up
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
 
-    core_s = timed(lambda: repatch(core), args.repeat)
-    loom_s = timed(lambda: repatch(loom), args.repeat)
+    cases = {}
+    for count in (1, 3):
+        case = {}
+        for label, make in (("core", core), ("loom", loom)):
+            mm.unload_all_models()
+            case[f"{label}_apply_s"] = round(measure(make, count, reapply=False), 5)
+            if args.gpu:
+                torch.cuda.reset_peak_memory_stats()
+            case[f"{label}_reapply_s"] = round(measure(make, count, reapply=True), 5)
+            if args.gpu:
+                case[f"{label}_reapply_peak_vram_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        case["speedup_reapply"] = round(case["core_reapply_s"] / case["loom_reapply_s"], 1)
+        case["speedup_apply"] = round(case["core_apply_s"] / case["loom_apply_s"], 2)
+        cases[f"{count}_lora"] = case
     emit(
         {
             "bench": "patch",
-            "what": what,
+            "what": f"{what}, {len(names)} LoRAs rank {rank} on {targets} attention projections",
             "device": device_name(args.gpu),
-            "targets": targets,
-            "core_repatch_s": round(core_s, 5),
-            "loom_repatch_s": round(loom_s, 5),
-            "core_over_loom": round(core_s / loom_s, 3),
+            **cases["3_lora"],
+            "cases": cases,
         },
         args.json,
     )

@@ -33,6 +33,6 @@ class LoomLoraLoader(io.ComfyNode):
     def execute(cls, model, lora_name, strength_model, strength_clip, clip=None) -> io.NodeOutput:
         if strength_model == 0 and (clip is None or strength_clip == 0):
             return io.NodeOutput(model, clip, f"{lora_name}: strengths are 0, nothing applied")
-        parsed = lora_files.load(lora_name)
+        parsed = lora_files.load(lora_name)  # may raise ValueError naming lora_name
         model, clip, report = patching.apply_lora(model, clip, parsed, lora_name, strength_model, strength_clip)
         return io.NodeOutput(model, clip, report.summary())
