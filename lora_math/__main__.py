@@ -2,7 +2,8 @@
 
 Prints one JSON object: format, base_model, rank, alpha, targets (adapter modules in the file), matched (count),
 unmatched (module names), coverage (matched / targets) against the full-size key table of ``--arch`` (``auto``: the
-base model guessed from the file), ignored_keys, and the header metadata. Modules that name a weight of another shape
+base model guessed from the file), ignored_keys, trigger_words, training (selected ``ss_*``/``modelspec.*`` fields) and
+the header metadata (built by ``lora_math.report``). Modules that name a weight of another shape
 (a LoRA for another base model) are listed in ``mismatched`` too; that is a report, not a refusal. Exit 0 when parsed; exit 2 with a one-line message on
 stderr when the file is refused. Imports no ComfyUI.
 """
@@ -12,36 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import LoraFileError, LoraFormatError, LoraShapeError
-from .formats import ParsedLoRA, parse
+from .formats import parse
 from .io import load_state_dict
-from .keymap import guess_base_model, match
-from .keytables import ARCHES, load_keytable
+from .keytables import ARCHES
+from .report import file_report
 
 SIDECAR = "adapter_config.json"
-
-
-def _distinct(values: Iterable[float | int | None]) -> float | int | list | None:
-    """One value when all agree, a sorted list when they differ, None when there are none."""
-    found = sorted({v for v in values if v is not None})
-    if not found:
-        return None
-    return found[0] if len(found) == 1 else found
-
-
-def _metadata_value(value: str) -> Any:
-    """Header values are strings; JSON ones (ss_tag_frequency, lora_adapter_metadata …) are decoded for reading."""
-    text = value.strip()
-    if text[:1] in "{[":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return value
-    return value
 
 
 def _sidecar(path: Path) -> dict | None:
@@ -58,32 +40,7 @@ def _sidecar(path: Path) -> dict | None:
 def inspect_file(path: Path, arch: str = "auto") -> dict[str, Any]:
     """The report ``inspect`` prints, as a dict. Raises the lora_math errors on refused files."""
     state_dict, metadata = load_state_dict(path)
-    parsed: ParsedLoRA = parse(state_dict, metadata, _sidecar(path))
-    base = guess_base_model(parsed)
-    table_arch = base if arch == "auto" else arch
-    report: dict[str, Any] = {
-        "file": str(path),
-        "format": parsed.format,
-        "base_model": base,
-        "rank": _distinct(a.rank for a in parsed.modules.values()),
-        "alpha": _distinct(getattr(a, "alpha", None) for a in parsed.modules.values()),
-        "targets": len(parsed.modules),
-        "arch": table_arch,
-    }
-    if table_arch in ARCHES:
-        km = match(parsed, load_keytable(table_arch), strict=False)
-        report.update(matched=len(km.matched), unmatched=list(km.unmatched), coverage=round(km.coverage, 4))
-        if km.mismatched:
-            report["mismatched"] = list(km.mismatched)
-            report["note"] = (
-                f"{len(km.mismatched)} module(s) name {table_arch} weights of another shape: wrong base model"
-            )
-    else:
-        report.update(matched=None, unmatched=None, coverage=None)
-        report["note"] = f"no key table for base model {table_arch!r}; pass --arch {'|'.join(ARCHES)} to match"
-    report["ignored_keys"] = list(parsed.ignored)
-    report["metadata"] = {k: _metadata_value(v) for k, v in parsed.metadata.items()}
-    return report
+    return {"file": str(path), **file_report(parse(state_dict, metadata, _sidecar(path)), arch)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

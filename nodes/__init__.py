@@ -2,9 +2,11 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .info import LoomLoraInfo
 from .loader import LoomLoraLoader
+from .stack import LoomLoraStack
 
-NODES: list[type[io.ComfyNode]] = [LoomLoraLoader]
+NODES: list[type[io.ComfyNode]] = [LoomLoraLoader, LoomLoraStack, LoomLoraInfo]
 
 
 class LoomExtension(ComfyExtension):

@@ -25,7 +25,9 @@ class LoomLoraLoader(io.ComfyNode):
             outputs=[
                 io.Model.Output(),
                 io.Clip.Output(),
-                io.String.Output("report", tooltip="What matched: modules matched/total and unmatched keys."),
+                io.String.Output(
+                    "report", display_name="report", tooltip="What matched: modules matched/total and unmatched keys."
+                ),
             ],
         )
 

@@ -22,6 +22,12 @@ def lora_names() -> list[str]:
 
 
 def resolve(name: str, input_name: str = "lora_name") -> Path:
+    parts = Path(name.replace("\\", "/")).parts
+    if not name or Path(name).is_absolute() or ".." in parts:
+        raise ValueError(
+            f"{input_name}: '{name}' is not a LoRA name: use a name from the `loras` list "
+            "(a file under a `loras` folder; no absolute paths, no '..')"
+        )
     path = folder_paths.get_full_path("loras", name)
     if path is None:
         raise ValueError(

@@ -98,6 +98,15 @@ def _info(patcher) -> _ModelInfo:
     return info
 
 
+def model_keys(model, clip=None) -> dict[str, tuple[int, ...]]:
+    """Weight key -> shape for a MODEL and/or CLIP, as ComfyUI's patchers name them (cached per model)."""
+    keys: dict[str, tuple[int, ...]] = {}
+    for patcher in (model, clip.patcher if clip is not None else None):
+        if patcher is not None:
+            keys.update(_info(patcher).keys)
+    return keys
+
+
 def _patch_key(p: keymap.Patch):
     return p.key if p.rows is None else (p.key, (0, p.rows[0], p.rows[1] - p.rows[0]))
 
@@ -264,6 +273,7 @@ class LoraSpec:
     strength_clip: float = 1.0
     # model key -> multiplier on strength (block weights); None means 1.0 everywhere
     block_weight: Callable[[str], float] | None = None
+    input_name: str = "lora_name"  # what errors tell the user to fix (a stack names its row)
 
 
 @dataclass(frozen=True)
@@ -320,7 +330,8 @@ def _match(spec: LoraSpec, infos: Sequence[_ModelInfo]) -> keymap.KeyMatch:
     if not match.patches:
         guess = keymap.guess_base_model(spec.parsed)
         raise ValueError(
-            f"lora_name: nothing in '{spec.name}' ({spec.parsed.format}, {match.targets} modules) matches this model"
+            f"{spec.input_name}: nothing in '{spec.name}' ({spec.parsed.format}, {match.targets} modules) "
+            "matches this model"
             + (f"; it looks like a {guess} LoRA" if guess != "unknown" else "")
             + "; load it with a matching checkpoint"
         )

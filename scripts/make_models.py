@@ -133,6 +133,23 @@ def random_state_dict(name: str, shapes: dict[str, tuple[int, ...]], seed: int, 
     return out
 
 
+def sd15_loha(seed: int, unet_keys: list[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
+    """A LyCORIS LoHa (kohya names) on the tiny SD1.5 UNet's attention projections, rank 4."""
+    import comfy.utils
+
+    ldm_to_diffusers = {v: k for k, v in comfy.utils.unet_to_diffusers(SD15_UNET).items()}
+    tensors: dict[str, torch.Tensor] = {}
+    for key, (out_f, in_f) in unet_keys:
+        ldm = key[len("model.diffusion_model.") :]
+        name = "lora_unet_" + ldm_to_diffusers[ldm][: -len(".weight")].replace(".", "_")
+        g = torch.Generator().manual_seed(tensor_seed(seed, "loha", name))
+        for half in ("1", "2"):
+            tensors[f"{name}.hada_w{half}_a"] = (torch.randn(out_f, 4, generator=g) * 0.3).half()
+            tensors[f"{name}.hada_w{half}_b"] = (torch.randn(4, in_f, generator=g) / math.sqrt(in_f)).half()
+        tensors[f"{name}.alpha"] = torch.tensor(4.0).half()
+    return tensors
+
+
 def sd15_lora(seed: int, unet_keys: list[str], clip_keys: list[str]) -> tuple[dict, dict]:
     """A kohya-format LoRA for the tiny SD1.5 model: attention projections of UNet and CLIP-L.
 
@@ -193,6 +210,19 @@ def build(name: str, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, str]
         clip = [(k, s) for k, s in sorted(shapes.items()) if k.startswith("cond_stage_model.") and is_clip_attention(k)]
         tensors, lora_meta = sd15_lora(seed, unet, clip)
         return tensors, {**lora_meta, **meta}
+    if name in ("loom-tiny-sd15-lora-b", "loom-tiny-sd15-loha"):
+        shapes = sd15_shapes()
+        unet = [(k, s) for k, s in sorted(shapes.items()) if k.startswith("model.") and is_attention_projection(k)]
+        extra = {"loom.note": "seeded random stand-in (UNet only)", "ss_base_model_version": "sd_v1"}
+        if name.endswith("-b"):
+            tensors, _ = sd15_lora(seed + 1, unet, [])
+            return tensors, {**meta, **extra, "ss_network_module": "networks.lora"}
+        return sd15_loha(seed, unet), {
+            **meta,
+            **extra,
+            "ss_network_module": "lycoris.kohya",
+            "ss_network_args": '{"algo": "loha"}',
+        }
     raise KeyError(name)
 
 
@@ -202,6 +232,8 @@ OUTPUTS = {
     "loom-tiny-sdxl": "unet",
     "loom-tiny-flux": "unet",
     "loom-tiny-sd15-lora": "loras",
+    "loom-tiny-sd15-lora-b": "loras",
+    "loom-tiny-sd15-loha": "loras",
 }
 
 

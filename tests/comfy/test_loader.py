@@ -54,3 +54,14 @@ def test_unknown_lora_name_is_a_clear_error(pack, sd15):
         pack.nodes.loader.LoomLoraLoader.execute(
             model=model, clip=clip, lora_name="nope.safetensors", strength_model=1.0, strength_clip=1.0
         )
+
+
+@pytest.mark.parametrize(
+    "bad", ["/etc/passwd", "../checkpoints/loom-tiny-sd15.safetensors", "a/../../x.safetensors", ""]
+)
+def test_paths_outside_the_loras_folders_are_refused(pack, sd15, bad):
+    model, clip, _ = sd15
+    with pytest.raises(ValueError, match="lora_name: .* is not a LoRA name.*no absolute paths, no '..'"):
+        pack.nodes.loader.LoomLoraLoader.execute(
+            model=model, clip=clip, lora_name=bad, strength_model=1, strength_clip=1
+        )
