@@ -31,7 +31,7 @@ import torch
 from comfy.patcher_extension import PatcherInjection
 from comfy.weight_adapter.base import WeightAdapterBase
 
-from ..lora_math import adapters, keymap, merge
+from ..lora_math import adapters, blocks, keymap, merge
 from ..lora_math.formats import ParsedLoRA
 
 log = logging.getLogger("lora_loom")
@@ -286,6 +286,7 @@ class PatchReport:
     unmatched: tuple[str, ...]
     patched_keys: int
     skipped: int = 0  # text-encoder modules when no CLIP is connected (or denoiser ones with no MODEL)
+    per_block: tuple[tuple[str, int], ...] = ()  # weights patched per block (INnn/MID/OUTnn, Dnn/Snn, BASE)
 
     def summary(self) -> str:
         text = f"{self.name}: {self.matched}/{self.targets - self.skipped} modules matched, {self.patched_keys} weights patched"
@@ -294,7 +295,14 @@ class PatchReport:
         if self.unmatched:
             head = ", ".join(self.unmatched[:5])
             text += f"; {len(self.unmatched)} unmatched (first: {head})"
+            # Where the file did land helps tell a wrong base model from a partial LoRA.
+            text += "; patched per block: " + ", ".join(f"{b} {n}" for b, n in self.per_block)
         return text
+
+
+def _per_block(match: keymap.KeyMatch) -> tuple[tuple[str, int], ...]:
+    counts = collections.Counter(blocks.block_id(p.key) for p in match.patches)
+    return tuple(sorted(counts.items()))
 
 
 _TEXT_ROLES = {"te", "te1", "te2", "te3"}
@@ -380,7 +388,9 @@ def apply_stack(model, clip, specs: Sequence[LoraSpec]):
         if new_clip is not None and spec.strength_clip != 0:
             patched += _apply_to(new_clip.patcher, match.patches, spec.strength_clip, spec.block_weight, False)
         unmatched, skipped = _split_unmatched(match.unmatched, new_model is not None, new_clip is not None)
-        report = PatchReport(spec.name, match.targets, len(match.matched), unmatched, patched, skipped)
+        report = PatchReport(
+            spec.name, match.targets, len(match.matched), unmatched, patched, skipped, _per_block(match)
+        )
         (log.warning if report.unmatched else log.info)("[LoRA Loom] %s", report.summary())
         reports.append(report)
     return new_model, new_clip, reports

@@ -120,3 +120,24 @@ def test_dynamic_patchers_get_core_patches_not_in_place_writes(pack, model):
     out = loom(pack, dynamic, 0.8)
     assert "lora_loom" not in out.injections
     assert len(out.patches) == 56
+
+
+def test_partial_match_warns_once_with_blocks_and_first_unmatched(pack, model, tmp_path, caplog):
+    import folder_paths
+    from safetensors.torch import load_file, save_file
+
+    src = load_file(folder_paths.get_full_path("loras", SD15_LORA))
+    # A module this model does not have (a third UNet level) next to the real ones.
+    src["lora_unet_down_blocks_2_attentions_0_proj_in.lora_down.weight"] = torch.zeros(8, 640)
+    src["lora_unet_down_blocks_2_attentions_0_proj_in.lora_up.weight"] = torch.zeros(640, 8)
+    save_file(src, str(tmp_path / "partial.safetensors"))
+    folder_paths.add_model_folder_path("loras", str(tmp_path))
+    with caplog.at_level("WARNING", logger="lora_loom"):
+        loom(pack, model, 1.0, lora="partial.safetensors")
+        out = pack.nodes.loader.LoomLoraLoader.execute(
+            model=model, clip=None, lora_name="partial.safetensors", strength_model=1.0, strength_clip=0
+        ).result[2]
+    assert "1 unmatched (first: lora_unet_down_blocks_2_attentions_0_proj_in)" in out
+    assert out.endswith("patched per block: IN01 8, IN03 8, MID 8, OUT00 8, OUT01 8, OUT02 8, OUT03 8")
+    warnings = [r for r in caplog.records if r.name == "lora_loom"]
+    assert len(warnings) == 2 and all(r.getMessage().count("\\n") == 0 for r in warnings)  # one line per load
