@@ -64,6 +64,11 @@ def apply_overrides(prompt: dict, o: dict) -> dict:
             inputs["ckpt_name"] = o["ckpt_name"]
         if ctype.startswith("Loom") and "lora_name" in inputs:
             inputs["lora_name"] = next(lora_names, inputs["lora_name"])
+        if ctype == "LoomLoraStack" and o.get("lora_names") and isinstance(inputs.get("rows"), str):
+            # The user's LoRAs replace the stand-in rows, at the strengths of the first row.
+            first = (json.loads(inputs["rows"]) or [{}])[0]
+            rows = [{**first, "name": name, "on": True} for name in o["lora_names"]]
+            inputs["rows"] = json.dumps(rows)
         if ctype == "EmptyLatentImage":
             inputs["width"] = inputs["height"] = o["size"]
         if ctype in ("KSampler", "KSamplerAdvanced") and "steps" in inputs:

@@ -120,3 +120,26 @@ def test_ui_to_api_rejects_unknown_and_bypassed_nodes():
         ui_to_api(_workflow(mode=4), OBJECT_INFO)
     with pytest.raises(WorkflowError, match="type 'Loader', which this ComfyUI does not have"):
         ui_to_api(_workflow(), {"Sampler": OBJECT_INFO["Sampler"]})
+
+
+def test_demo_overrides_put_user_files_into_loaders_and_stack_rows():
+    import json
+
+    import demo
+
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "loom-tiny-sd15.safetensors"}},
+        "2": {"class_type": "LoomLoraLoader", "inputs": {"lora_name": "tiny.safetensors"}},
+        "3": {"class_type": "LoomLoraStack", "inputs": {"rows": json.dumps([{"name": "tiny", "model": 0.7}])}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    }
+    o = {"ckpt_name": "real.safetensors", "lora_names": ["a.safetensors", "b.safetensors"], "size": 512, "steps": 20}
+    out = demo.apply_overrides(prompt, o)
+    assert out["1"]["inputs"]["ckpt_name"] == "real.safetensors"
+    assert out["2"]["inputs"]["lora_name"] == "a.safetensors"
+    rows = json.loads(out["3"]["inputs"]["rows"])
+    assert [(r["name"], r["model"], r["on"]) for r in rows] == [
+        ("a.safetensors", 0.7, True),
+        ("b.safetensors", 0.7, True),
+    ]
+    assert out["4"]["inputs"]["width"] == out["4"]["inputs"]["height"] == 512
