@@ -6,9 +6,13 @@ only the LoRAs whose strength changed and never re-reads ``W0``.
 
 Low-rank terms (LoRA, LoCon, including conv kernels: ``up.flatten(1) @ down.flatten(1)`` is the
 ``[out, in·kh·kw]`` delta) of one weight are concatenated along the rank with their signed scale
-folded into ``up``, and applied as one ``addmm_``: the GEMM accumulates in fp32 and the result is
-rounded to the weight's dtype once. Other additive adapters (LoHa, LoKr, full diffs) materialise
-their fp32 delta, summed with the low-rank part before the single rounding.
+folded into ``up``, and applied as one ``addmm_``: the GEMM accumulates in fp32 and the weight is
+rounded to its dtype once. The factors themselves are kept in the weight's dtype (``up`` with
+alpha/rank folded in, rounded once when cached, then scaled by the strength in that dtype), so a fp16
+weight can land one ulp from the correctly rounded fp32 result where core's fp32 path would not:
+well inside fp16 rounding of the delta, and the price of not keeping fp32 factor copies on the GPU.
+Other additive adapters (LoHa, LoKr, full diffs) materialise their fp32 delta, summed with the
+low-rank part before the single rounding.
 
 DoRA is not additive (it renormalises ``W + sΔW``): callers route it elsewhere (:func:`is_additive`).
 
