@@ -63,6 +63,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .entries import entry_label, split_entries
+
 __all__ = [
     "ARCH_LAYOUTS",
     "LAYOUTS",
@@ -325,24 +327,8 @@ class BlockWeights:
 
 # --- parsing --------------------------------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"[^,;\n]+")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _LABEL = re.compile(r"^\s*([A-Za-z_][\w .+-]*?)\s*:\s*(.*)$", re.S)
-
-
-def _tokens(text: str, offset: int = 0) -> list[tuple[int, int, str]]:
-    """(entry number from 1, character position from 1, stripped token) of each non-empty entry."""
-    out = []
-    for m in _TOKEN.finditer(text):
-        raw = m.group()
-        token = raw.strip()
-        if token:
-            out.append((len(out) + 1, offset + m.start() + (len(raw) - len(raw.lstrip())) + 1, token))
-    return out
-
-
-def _where(input_name: str, n: int, pos: int, token: str) -> str:
-    return f"{input_name}: entry {n} {token!r} (at character {pos})"
 
 
 def _number(value: str) -> float | None:
@@ -406,11 +392,11 @@ def parse_block_weights(
         result = _parse_explicit(form, present, arch, input_name, warn_absent=False)
         return BlockWeights(stripped, "preset", name, result.blocks, result.groups, result.default, result.warnings)
     offset = text.index(stripped)
-    tokens = _tokens(stripped, offset)
+    tokens = split_entries(stripped, offset)
     label = _LABEL.match(stripped)
     if label and not _is_selector(label.group(1)) and len(tokens) > 1:
         if not any(":" in t or "=" in t for _, _, t in tokens[1:]):  # "NAME:1,0,0,…" as preset files write them
-            tokens = _tokens(label.group(2), offset + label.start(2))
+            tokens = split_entries(label.group(2), offset + label.start(2))
     if not any(":" in t or "=" in t for _, _, t in tokens):
         return _parse_vector(stripped, tokens, present, arch, input_name)
     return _parse_explicit(stripped, present, arch, input_name, warn_absent=True, tokens=tokens)
@@ -422,14 +408,14 @@ def _parse_vector(text, tokens, present, arch, input_name) -> BlockWeights:
         value = _number(token)
         if value is None and len(tokens) == 1:
             raise ValueError(
-                f"{_where(input_name, n, pos, token)}: neither a preset ({', '.join(PRESETS)}) nor a number; "
+                f"{entry_label(input_name, n, pos, token)}: neither a preset ({', '.join(PRESETS)}) nor a number; "
                 "to set one block write e.g. 'IN04:0.5'"
             )
         if value is None:
             hint = ""
             if token.upper() in ("R", "U", "A", "B") or token.upper().startswith("X"):
                 hint = " (the Inspire Pack's random R/U and variable A/B/X values are not supported)"
-            raise ValueError(f"{_where(input_name, n, pos, token)}: not a number{hint}")
+            raise ValueError(f"{entry_label(input_name, n, pos, token)}: not a number{hint}")
         values.append(value)
     count = len(values)
     layout = LAYOUTS.get(count)
@@ -537,8 +523,8 @@ def _parse_explicit(text, present, arch, input_name, *, warn_absent, tokens=None
     default = 1.0
     named: list[tuple[str, tuple[str, ...], str]] = []  # (label, block ids or groups it covers, kind)
     flux = arch == "flux"
-    for n, pos, token in tokens if tokens is not None else _tokens(text):
-        where = _where(input_name, n, pos, token)
+    for n, pos, token in tokens if tokens is not None else split_entries(text):
+        where = entry_label(input_name, n, pos, token)
         sep = min((i for i in (token.find(":"), token.find("=")) if i >= 0), default=-1)
         if sep < 0:
             raise ValueError(

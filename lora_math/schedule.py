@@ -74,6 +74,7 @@ from decimal import Decimal
 from types import MappingProxyType
 
 from .blocks import block_id
+from .entries import entry_label, split_entries
 
 __all__ = [
     "MODES",
@@ -422,26 +423,10 @@ def preset(name: str, **params: float | str) -> Schedule | tuple[Schedule, Sched
 
 # --- parsing --------------------------------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"[^,;\n]+")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _NONFINITE = re.compile(r"^[+-]?(nan|inf|infinity)$", re.I)
 _WORD_PREFIX = re.compile(r"^([A-Za-z_][\w-]*)\s*:")
 _WORD = re.compile(r"^[A-Za-z_][\w -]*$")
-
-
-def _tokens(text: str, offset: int, pattern: re.Pattern[str] = _TOKEN) -> list[tuple[int, int, str]]:
-    """(entry number from 1, character position from 1, stripped token) of each non-empty entry."""
-    out = []
-    for m in pattern.finditer(text):
-        raw = m.group()
-        token = raw.strip()
-        if token:
-            out.append((len(out) + 1, offset + m.start() + (len(raw) - len(raw.lstrip())) + 1, token))
-    return out
-
-
-def _where(input_name: str, n: int, pos: int, token: str) -> str:
-    return f"{input_name}: entry {n} {token!r} (at character {pos})"
 
 
 def _number(raw: str, where: str, what: str) -> float:
@@ -521,7 +506,7 @@ def _parse(text: str, offset: int, input_name: str) -> Schedule:
         )
     lead = offset + text.index(stripped)
     if _NUMBER.match(stripped) or _NONFINITE.match(stripped):
-        return Schedule.constant(_number(stripped, _where(input_name, 1, lead + 1, stripped), "strength"))
+        return Schedule.constant(_number(stripped, entry_label(input_name, 1, lead + 1, stripped), "strength"))
     if _WORD.match(stripped):
         key = _preset_key(stripped)
         if key == "cross_fade":
@@ -534,23 +519,23 @@ def _parse(text: str, offset: int, input_name: str) -> Schedule:
             assert isinstance(made, Schedule)
             return made
         raise ValueError(
-            f"{_where(input_name, 1, lead + 1, stripped)}: unknown schedule preset; known presets: "
+            f"{entry_label(input_name, 1, lead + 1, stripped)}: unknown schedule preset; known presets: "
             f"{', '.join(p for p in PRESETS if p != 'cross_fade')} (or write keyframes like '0:0, 1:1')"
         )
     default_mode = "linear"
     body, body_offset = stripped, lead
     prefix = _WORD_PREFIX.match(stripped)
     if prefix and not _NONFINITE.match(prefix.group(1)):
-        default_mode = _mode(prefix.group(1), _where(input_name, 1, lead + 1, prefix.group(0)))
+        default_mode = _mode(prefix.group(1), entry_label(input_name, 1, lead + 1, prefix.group(0)))
         body, body_offset = stripped[prefix.end() :], lead + prefix.end()
-    tokens = _tokens(body, body_offset)
+    tokens = split_entries(body, body_offset)
     if not tokens:
         raise ValueError(f"{input_name}: no keyframes after '{prefix.group(0) if prefix else ''}'")
     keyframes: list[tuple[float, float]] = []
     segment_modes: list[str | None] = []
     unit = None
     for n, pos, token in tokens:
-        where = _where(input_name, n, pos, token)
+        where = entry_label(input_name, n, pos, token)
         position, kind, strength, mode = _keyframe(token, where)
         if unit is not None and kind != unit:
             raise ValueError(
@@ -565,7 +550,7 @@ def _parse(text: str, offset: int, input_name: str) -> Schedule:
     if segment_modes[-1] is not None:
         n, pos, token = tokens[-1]
         raise ValueError(
-            f"{_where(input_name, n, pos, token)}: '{segment_modes[-1]}' after the last keyframe has no segment to "
+            f"{entry_label(input_name, n, pos, token)}: '{segment_modes[-1]}' after the last keyframe has no segment to "
             "apply to; put a mode on the keyframe where its segment starts"
         )
     modes = tuple(m or default_mode for m in segment_modes[:-1])
@@ -685,8 +670,8 @@ def parse_block_schedules(
     entries: dict[str, Schedule] = {}
     first_entry: dict[str, int] = {}
     star: Schedule | None = None
-    for n, pos, token in _tokens(text, 0, _ENTRY):
-        where = _where(input_name, n, pos, token)
+    for n, pos, token in split_entries(text, 0, _ENTRY):
+        where = entry_label(input_name, n, pos, token)
         m = _SELECTOR.match(token)
         if m is None:
             raise ValueError(
