@@ -84,7 +84,8 @@ class _ModelInfo:
     def __init__(self, module) -> None:
         self.keys = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         self.eligible: dict[str, bool] = {}
-        # (id(parsed), models) -> (parsed, match): the parsed file is held so its id stays unique; bounded.
+        # (id(parsed), models) -> match. Entries die with their parsed file (the file cache decides how
+        # long that lives), so this cache never keeps a LoRA's tensors in memory on its own.
         self.matches: collections.OrderedDict = collections.OrderedDict()
 
 
@@ -326,13 +327,13 @@ def _match(spec: LoraSpec, infos: Sequence[_ModelInfo]) -> keymap.KeyMatch:
     token = (id(spec.parsed), *(id(i) for i in infos))
     if token in cache:
         cache.move_to_end(token)
-        match = cache[token][1]
+        match = cache[token]
     else:
         keys: dict[str, tuple[int, ...]] = {}
         for info in infos:
             keys.update(info.keys)
-        match = keymap.match(spec.parsed, keys)
-        cache[token] = (spec.parsed, match)
+        match = cache[token] = keymap.match(spec.parsed, keys)
+        weakref.finalize(spec.parsed, cache.pop, token, None)  # before its id can be reused
         while len(cache) > _MATCH_CACHE_SIZE:
             cache.popitem(last=False)
     if not match.patches:

@@ -141,3 +141,23 @@ def test_partial_match_warns_once_with_blocks_and_first_unmatched(pack, model, t
     assert out.endswith("patched per block: IN01 8, IN03 8, MID 8, OUT00 8, OUT01 8, OUT02 8, OUT03 8")
     warnings = [r for r in caplog.records if r.name == "lora_loom"]
     assert len(warnings) == 2 and all(r.getMessage().count("\\n") == 0 for r in warnings)  # one line per load
+
+
+def test_cached_key_matches_die_with_their_parsed_file(pack, model):
+    import gc
+
+    patching, lora_files = pack.nodes.patching, pack.nodes.lora_files
+    parsed = lora_files._load_uncached if hasattr(lora_files, "_load_uncached") else None
+    assert parsed is None  # the file cache is the only owner of parsed files in the pack
+    import folder_paths
+    from lora_loom.lora_math import formats, io
+
+    tensors, metadata = io.load_state_dict(folder_paths.get_full_path("loras", SD15_LORA))
+    private = formats.parse(tensors, metadata)
+    patching.apply_stack(model, None, [patching.LoraSpec("private", private, 0.5, 0)])
+    info = patching._info(model)
+    token = (id(private), id(info))
+    assert token in info.matches
+    del private, tensors
+    gc.collect()
+    assert token not in info.matches
