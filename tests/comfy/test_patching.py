@@ -146,12 +146,10 @@ def test_partial_match_warns_once_with_blocks_and_first_unmatched(pack, model, t
 def test_cached_key_matches_die_with_their_parsed_file(pack, model):
     import gc
 
-    patching, lora_files = pack.nodes.patching, pack.nodes.lora_files
-    parsed = lora_files._load_uncached if hasattr(lora_files, "_load_uncached") else None
-    assert parsed is None  # the file cache is the only owner of parsed files in the pack
     import folder_paths
     from lora_loom.lora_math import formats, io
 
+    patching = pack.nodes.patching
     tensors, metadata = io.load_state_dict(folder_paths.get_full_path("loras", SD15_LORA))
     private = formats.parse(tensors, metadata)
     patching.apply_stack(model, None, [patching.LoraSpec("private", private, 0.5, 0)])
