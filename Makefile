@@ -36,7 +36,8 @@ test-server: models
 test-gpu: models  ## skipped without CUDA; run on a GPU machine
 	$(PYTEST) tests/gpu -q -rs
 
-test: lint test-unit test-comfy test-server test-gpu   ## everything CI runs
+# GPU tier first: on CI it only reports skips, and the run should end on the tiers that execute tests.
+test: lint test-gpu test-unit test-comfy test-server   ## everything CI runs
 
 bench: models
 	$(VENV_PY) bench/patch.py --json

@@ -82,6 +82,7 @@ __all__ = [
     "BlockSchedules",
     "Plateau",
     "Schedule",
+    "parse_any_schedule",
     "parse_block_schedules",
     "parse_schedule",
     "preset",
@@ -689,3 +690,14 @@ def parse_block_schedules(
         else:
             entries[sel] = schedule
     return BlockSchedules(tuple(entries.items()), star or default or _ONE)
+
+
+def parse_any_schedule(text: str, input_name: str = "schedule") -> Schedule | BlockSchedules:
+    """One schedule, or per-block schedules when the text has ``|`` or starts with a block selector (``IN: …``).
+
+    Mode prefixes (``smooth: …``) and preset names are not selectors, so they read as one schedule.
+    """
+    m = _SELECTOR.match(text.strip())
+    if "|" in text or (m is not None and _selector(m.group(1)) is not None):
+        return parse_block_schedules(text, input_name)
+    return parse_schedule(text, input_name)

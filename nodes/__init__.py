@@ -4,9 +4,11 @@ from comfy_api.latest import ComfyExtension, io
 
 from .info import LoomLoraInfo
 from .loader import LoomLoraLoader
+from .schedule_node import LoomLoraSchedule
+from .schedule_stack import LoomScheduleLora
 from .stack import LoomLoraStack
 
-NODES: list[type[io.ComfyNode]] = [LoomLoraLoader, LoomLoraStack, LoomLoraInfo]
+NODES: list[type[io.ComfyNode]] = [LoomLoraLoader, LoomLoraStack, LoomLoraInfo, LoomLoraSchedule, LoomScheduleLora]
 
 
 class LoomExtension(ComfyExtension):

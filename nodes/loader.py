@@ -21,6 +21,12 @@ class LoomLoraLoader(io.ComfyNode):
                 io.Combo.Input("lora_name", options=lora_files.lora_names(), tooltip="A file in a `loras` folder."),
                 io.Float.Input("strength_model", default=1.0, min=-100.0, max=100.0, step=0.01),
                 io.Float.Input("strength_clip", default=1.0, min=-100.0, max=100.0, step=0.01),
+                io.Custom("LORA_SCHEDULE").Input(
+                    "schedule",
+                    optional=True,
+                    tooltip="From Loom LoRA Schedule: the model strength follows this curve over the sampling steps "
+                    "(a multiplier on strength_model). The CLIP strength stays fixed.",
+                ),
             ],
             outputs=[
                 io.Model.Output(),
@@ -32,9 +38,10 @@ class LoomLoraLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, lora_name, strength_model, strength_clip, clip=None) -> io.NodeOutput:
+    def execute(cls, model, lora_name, strength_model, strength_clip, clip=None, schedule=None) -> io.NodeOutput:
         if strength_model == 0 and (clip is None or strength_clip == 0):
             return io.NodeOutput(model, clip, f"{lora_name}: strengths are 0, nothing applied")
         parsed = lora_files.load(lora_name)  # may raise ValueError naming lora_name
-        model, clip, report = patching.apply_lora(model, clip, parsed, lora_name, strength_model, strength_clip)
-        return io.NodeOutput(model, clip, report.summary())
+        spec = patching.LoraSpec(lora_name, parsed, strength_model, strength_clip, schedule=schedule)
+        model, clip, reports = patching.apply_stack(model, clip, [spec])
+        return io.NodeOutput(model, clip, reports[0].summary() if reports else "nothing applied")

@@ -14,11 +14,17 @@ ComfyUI loads the model, a core unpatch restores the originals bit-exactly):
 * **Core patches** (`add_patches` with a ComfyUI weight adapter) for everything else: CLIP, DoRA
   (not additive), quantised/unusual weight dtypes, and upstream's dynamic-VRAM patchers, where
   weights must not be written in place and ComfyUI applies patches lazily per weight.
+* **Scheduled LoRAs** (a strength that follows a curve over the sampling steps) never touch the
+  weights: they run as a low-rank bypass on the targeted layers (``lora_math.bypass``), installed by
+  the same injection (each targeted module's ``forward`` wrapped, restored on eject), and an
+  ``APPLY_MODEL`` wrapper sets the strengths from the sampler's current sigma before each model call.
+  Static LoRAs of the same stack stay merged. Works the same on dynamic-VRAM and offloaded models.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import uuid
@@ -28,11 +34,13 @@ from dataclasses import dataclass, field
 
 import comfy.utils
 import torch
-from comfy.patcher_extension import PatcherInjection
+from comfy.patcher_extension import PatcherInjection, WrappersMP
 from comfy.weight_adapter.base import WeightAdapterBase
 
 from ..lora_math import adapters, blocks, keymap, merge
+from ..lora_math import bypass as bypass_math
 from ..lora_math.formats import ParsedLoRA
+from ..lora_math.schedule import BlockSchedules, Schedule
 
 log = logging.getLogger("lora_loom")
 
@@ -147,6 +155,7 @@ class _MergeState:
         self.program: merge.MergeProgram | None = None
         self.program_structure: tuple | None = None
         self.leaf_modules: dict[str, tuple[object, str]] = {}  # key -> (module, attribute); modules never move
+        self.bypass: _InstalledBypass | None = None
 
 
 def _state(model) -> _MergeState:
@@ -225,13 +234,20 @@ def _update_strengths(model, state: _MergeState, previous: MergePlan, plan: Merg
 
 def _inject(patcher) -> None:
     reconcile(patcher)
+    _install_bypass(patcher)
 
 
 def _eject(patcher) -> None:
-    # Lazy on purpose: ComfyUI ejects around every internal operation and when switching clones. The next
-    # Loom clone moves the weights by deltas; any other patcher of this model has another patches_uuid,
-    # so ComfyUI unpatches (restoring the backups we registered) before using the weights.
-    return None
+    # The merge is lazy on purpose: ComfyUI ejects around every internal operation and when switching
+    # clones. The next Loom clone moves the weights by deltas; any other patcher of this model has another
+    # patches_uuid, so ComfyUI unpatches (restoring the backups we registered) before using the weights.
+    # A bypass changes what the modules compute, so it leaves with its patcher.
+    _uninstall_bypass(patcher.model)
+
+
+def _ensure_injection(patcher) -> None:
+    if not patcher.injections.get(KEY):
+        patcher.set_injections(KEY, [PatcherInjection(inject=_inject, eject=_eject)])
 
 
 def _fast_eligible(patcher, key: str, adapter) -> bool:
@@ -256,9 +272,181 @@ def _add_merge_plan(patcher, terms: dict[str, list[merge.Term]]) -> None:
     if parent_plan is None:
         # Every Loom clone of this parent shares one uuid: ComfyUI keeps the model loaded between them.
         patcher.patches_uuid = uuid.uuid5(_UUID_NAMESPACE, str(patcher.patches_uuid))
-        patcher.set_injections(KEY, [PatcherInjection(inject=_inject, eject=_eject)])
+        _ensure_injection(patcher)
         parent_plan = MergePlan()
     patcher.set_attachments(KEY, parent_plan.extended(terms))
+
+
+# --- scheduled LoRAs: the bypass -----------------------------------------------------------------
+
+KEY_SCHEDULE = "lora_loom_schedule"
+_CONV_KINDS = {torch.nn.Conv1d: "conv1d", torch.nn.Conv2d: "conv2d", torch.nn.Conv3d: "conv3d"}
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One schedule that some bypass terms follow; ``input_name`` is what an error tells the user to fix."""
+
+    schedule: Schedule
+    input_name: str
+
+
+@dataclass(frozen=True, eq=False)
+class BypassPlan:
+    """What a Loom clone runs as a bypass: weight key -> scheduled terms, and the schedules they follow."""
+
+    terms: dict[str, tuple[bypass_math.BypassTerm, ...]] = field(default_factory=dict)
+    channels: tuple[Channel, ...] = ()
+
+    def extended(self, more: dict[str, list[bypass_math.BypassTerm]], channels: Sequence[Channel]) -> BypassPlan:
+        offset = len(self.channels)
+        terms = dict(self.terms)
+        for key, new in more.items():
+            shifted = tuple(dataclasses.replace(t, channel=t.channel + offset) for t in new)
+            terms[key] = terms.get(key, ()) + shifted
+        return BypassPlan(terms, self.channels + tuple(channels))
+
+
+class _InstalledBypass:
+    """A plan's bank, wired into the modules' forwards of one model."""
+
+    def __init__(self, plan: BypassPlan, bank: bypass_math.BypassBank) -> None:
+        self.plan, self.bank = plan, bank
+        self.entries: list[tuple[torch.nn.Module, Callable, object, list[bool]]] = []
+        self._values: dict[int, list[list[float]]] = {}  # steps in the run -> per step, per channel
+
+    def set_step(self, step: int, num_steps: int) -> None:
+        table = self._values.get(num_steps)
+        if table is None:
+            per_channel = [c.schedule.resolve(num_steps, c.input_name).values(num_steps) for c in self.plan.channels]
+            table = self._values[num_steps] = [list(v) for v in zip(*per_channel, strict=True)]
+        self.bank.set_coefficients(table[min(step, num_steps - 1)])
+
+    def set_progress(self, progress: float) -> None:
+        values = []
+        for c in self.plan.channels:
+            if c.schedule.unit != "progress":
+                raise ValueError(
+                    f"{c.input_name}: step keyframes (@n) need the sampler's steps, and this model call came "
+                    "from outside a sampler; use progress positions (0.5 or 50%)"
+                )
+            values.append(c.schedule.at(progress))
+        self.bank.set_coefficients(values)
+
+
+_banks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # plan -> bank (factor copies die with the plan)
+
+
+def _bank(model, plan: BypassPlan) -> bypass_math.BypassBank:
+    bank = _banks.get(plan)
+    if bank is None:
+        layers = []
+        for key, terms in plan.terms.items():
+            module = comfy.utils.get_attr(model, key.rpartition(".")[0])
+            kind = next((k for cls, k in _CONV_KINDS.items() if isinstance(module, cls)), "linear")
+            conv_args = None
+            if kind != "linear":
+                conv_args = {a: getattr(module, a) for a in ("stride", "padding", "dilation", "groups", "padding_mode")}
+            layers.append(bypass_math.BypassLayer(int(module.weight.shape[0]), kind, terms, conv_args))
+        bank = _banks[plan] = bypass_math.BypassBank(layers, len(plan.channels))
+    return bank
+
+
+def _bypass_forward(inner, add, index: int, module, enabled: list[bool], needs_weight: bool):
+    if needs_weight:
+
+        def forward(x, *args, **kwargs):
+            out = inner(x, *args, **kwargs)
+            return add(index, x, out, module.weight) if enabled[0] else out
+
+    else:
+
+        def forward(x, *args, **kwargs):
+            out = inner(x, *args, **kwargs)
+            return add(index, x, out) if enabled[0] else out
+
+    return forward
+
+
+def _install_bypass(patcher) -> None:
+    plan: BypassPlan | None = patcher.get_attachment(KEY_SCHEDULE)
+    state = _state(patcher.model)
+    if state.bypass is not None and state.bypass.plan is plan:
+        return
+    _uninstall_bypass(patcher.model)
+    if plan is None or not plan.terms:
+        return
+    installed = _InstalledBypass(plan, _bank(patcher.model, plan))
+    for index, (key, terms) in enumerate(plan.terms.items()):
+        module = comfy.utils.get_attr(patcher.model, key.rpartition(".")[0])
+        own = module.__dict__.get("forward")  # another pack's wrapper, if any: we wrap it, never assume we own it
+        enabled = [True]
+        dora = any(getattr(t.adapter, "dora_scale", None) is not None for t in terms)
+        forward = _bypass_forward(own or module.forward, installed.bank.add, index, module, enabled, dora)
+        module.forward = forward
+        installed.entries.append((module, forward, own, enabled))
+    state.bypass = installed
+
+
+def _uninstall_bypass(model) -> None:
+    state = _state(model)
+    installed, state.bypass = state.bypass, None
+    if installed is None:
+        return
+    for module, forward, own, enabled in reversed(installed.entries):
+        if module.__dict__.get("forward") is forward:
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
+        else:  # someone wrapped on top of us since: we cannot unlink, so we step aside
+            enabled[0] = False
+
+
+def _sigma_index(sigmas: list[float], sigma: float) -> int:
+    """The step whose interval holds ``sigma``: i where sigmas[i] >= sigma > sigmas[i + 1] (multi-eval samplers too)."""
+    above = sum(1 for s in sigmas if s >= sigma * (1 - 1e-5))
+    return min(max(above - 1, 0), len(sigmas) - 2)
+
+
+_sigmas_seen: list = [None, None]  # the last run's sample_sigmas tensor and its values (one sync per run)
+
+
+def _apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kw):
+    installed = _state(executor.class_obj).bypass
+    if installed is not None:
+        sigmas = (transformer_options or {}).get("sample_sigmas")
+        sigma = float(t.max())
+        if sigmas is not None and len(sigmas) > 1:
+            if _sigmas_seen[0] is not sigmas:
+                _sigmas_seen[:] = [sigmas, [float(s) for s in sigmas.tolist()]]
+            values = _sigmas_seen[1]
+            installed.set_step(_sigma_index(values, sigma), len(values) - 1)
+        else:  # a model call outside a sampler: ComfyUI's own percent convention
+            installed.set_progress(_percent_of_sigma(executor.class_obj.model_sampling, sigma))
+    return executor(
+        x, t, c_concat, c_crossattn, control, {} if transformer_options is None else transformer_options, **kw
+    )
+
+
+def _percent_of_sigma(model_sampling, sigma: float) -> float:
+    """Inverse of ``model_sampling.percent_to_sigma`` (decreasing in percent) by bisection."""
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if float(model_sampling.percent_to_sigma(mid)) > sigma:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _add_bypass_plan(patcher, terms: dict[str, list[bypass_math.BypassTerm]], channels: Sequence[Channel]) -> None:
+    plan = patcher.get_attachment(KEY_SCHEDULE) or BypassPlan()
+    patcher.set_attachments(KEY_SCHEDULE, plan.extended(terms, channels))
+    _ensure_injection(patcher)
+    if not patcher.get_wrappers(WrappersMP.APPLY_MODEL, KEY):
+        patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, _apply_model_wrapper)
 
 
 # --- stacks --------------------------------------------------------------------------------------
@@ -275,6 +463,9 @@ class LoraSpec:
     # model key -> multiplier on strength (block weights); None means 1.0 everywhere
     block_weight: Callable[[str], float] | None = None
     input_name: str = "lora_name"  # what errors tell the user to fix (a stack names its row)
+    # strength over the sampling steps (a multiplier on strength_model, per block with BlockSchedules); the
+    # CLIP strength stays static: text encoding happens once, before sampling
+    schedule: Schedule | BlockSchedules | None = None
 
 
 @dataclass(frozen=True)
@@ -288,9 +479,12 @@ class PatchReport:
     patched_keys: int
     skipped: int = 0  # text-encoder modules when no CLIP is connected (or denoiser ones with no MODEL)
     per_block: tuple[tuple[str, int], ...] = ()  # weights patched per block (INnn/MID/OUTnn, Dnn/Snn, BASE)
+    schedule: str = ""  # the schedule's text when the model strength is scheduled
 
     def summary(self) -> str:
         text = f"{self.name}: {self.matched}/{self.targets - self.skipped} modules matched, {self.patched_keys} weights patched"
+        if self.schedule:
+            text += f"; model strength scheduled ({self.schedule})"
         if self.skipped:
             text += f"; {self.skipped} modules for a model/CLIP not connected here"
         if self.unmatched:
@@ -368,6 +562,64 @@ def _apply_to(patcher, patches: Sequence[keymap.Patch], strength: float, block_w
     return count + len(merged)
 
 
+def _is_layer(patcher, key: str) -> bool:
+    if not key.endswith(".weight"):
+        return False
+    module = comfy.utils.get_attr(patcher.model, key.rpartition(".")[0])
+    return isinstance(module, (torch.nn.Linear, *_CONV_KINDS))
+
+
+def _schedule_for(schedule: Schedule | BlockSchedules, key: str) -> Schedule:
+    return schedule.for_key(key) if isinstance(schedule, BlockSchedules) else schedule
+
+
+def _schedule_to(patcher, patches: Sequence[keymap.Patch], spec: LoraSpec, fast: bool) -> int:
+    """Add one scheduled LoRA's model patches as bypass terms; returns the number of weights it patches."""
+    own_keys = _info(patcher).keys
+    terms: dict[str, list[bypass_math.BypassTerm]] = {}
+    channels: dict[Schedule, int] = {}
+    fixed: dict[float, list[keymap.Patch]] = {}
+    for p in patches:
+        if p.key not in own_keys:
+            continue
+        multiplier = spec.strength_model * (1.0 if spec.block_weight is None else float(spec.block_weight(p.key)))
+        if multiplier == 0:
+            continue
+        schedule = _schedule_for(spec.schedule, p.key)
+        if _is_layer(patcher, p.key):
+            channel = channels.setdefault(schedule, len(channels))
+            terms.setdefault(p.key, []).append(bypass_math.BypassTerm(p.adapter, channel, multiplier, p.rows))
+        else:  # a norm or bias diff has no layer output to add to: it keeps the strength it starts with
+            fixed.setdefault(schedule.resolve(1).at(0.0), []).append(p)
+    count = len(terms)
+    if terms:
+        named = [Channel(s, f"{spec.input_name} schedule") for s in channels]
+        _add_bypass_plan(patcher, terms, named)
+    for start, group in fixed.items():
+        count += _apply_to(patcher, group, spec.strength_model * start, spec.block_weight, fast)
+    if fixed:
+        log.warning(
+            "[LoRA Loom] %s: %d weights outside linear/conv layers (norms, biases) cannot follow a schedule; "
+            "they keep the schedule's first strength",
+            spec.name,
+            sum(len(g) for g in fixed.values()),
+        )
+    return count
+
+
+def _static_weight(spec: LoraSpec) -> LoraSpec:
+    """A constant schedule is just a strength (per block): it stays on the merge path."""
+    if spec.schedule is None or not spec.schedule.is_constant:
+        return spec
+    schedule, block_weight = spec.schedule, spec.block_weight
+
+    def weight(key: str) -> float:
+        base = 1.0 if block_weight is None else float(block_weight(key))
+        return base * _schedule_for(schedule, key).keyframes[0][1]
+
+    return dataclasses.replace(spec, block_weight=weight, schedule=None)
+
+
 def apply_stack(model, clip, specs: Sequence[LoraSpec]):
     """Clone model/clip once and add every LoRA of the stack; returns (model, clip, reports).
 
@@ -384,20 +636,19 @@ def apply_stack(model, clip, specs: Sequence[LoraSpec]):
     for spec in specs:
         match = _match(spec, infos)
         patched = 0
+        static = _static_weight(spec)
         if new_model is not None and spec.strength_model != 0:
-            patched += _apply_to(new_model, match.patches, spec.strength_model, spec.block_weight, fast_model)
+            if static.schedule is not None:
+                patched += _schedule_to(new_model, match.patches, static, fast_model)
+            else:
+                patched += _apply_to(new_model, match.patches, spec.strength_model, static.block_weight, fast_model)
         if new_clip is not None and spec.strength_clip != 0:
             patched += _apply_to(new_clip.patcher, match.patches, spec.strength_clip, spec.block_weight, False)
         unmatched, skipped = _split_unmatched(match.unmatched, new_model is not None, new_clip is not None)
+        scheduled = static.schedule.to_text() if static.schedule is not None and new_model is not None else ""
         report = PatchReport(
-            spec.name, match.targets, len(match.matched), unmatched, patched, skipped, _per_block(match)
+            spec.name, match.targets, len(match.matched), unmatched, patched, skipped, _per_block(match), scheduled
         )
         (log.warning if report.unmatched else log.info)("[LoRA Loom] %s", report.summary())
         reports.append(report)
     return new_model, new_clip, reports
-
-
-def apply_lora(model, clip, parsed: ParsedLoRA, name: str, strength_model: float, strength_clip: float):
-    """One LoRA: `apply_stack` with a single entry; returns (model, clip, report)."""
-    new_model, new_clip, reports = apply_stack(model, clip, [LoraSpec(name, parsed, strength_model, strength_clip)])
-    return new_model, new_clip, reports[0]

@@ -2,16 +2,19 @@
 
 The ``rows`` widget holds JSON (the web row editor writes it; people and scripts can too)::
 
-    [{"name": "style.safetensors", "on": true, "model": 0.8, "clip": 0.8, "blocks": "OUT:1, *:0"}, ...]
+    [{"name": "style.safetensors", "on": true, "model": 0.8, "clip": 0.8, "blocks": "OUT:1, *:0",
+      "schedule": "0:1, 1:0.2"}, ...]
 
 name: a LoRA as ComfyUI lists it in ``loras`` (relative path, no ``..``). on: default true; off rows cost nothing
 (the file is not even looked up). model / clip: strengths, default 1.0 / the model strength. blocks: block weights
-in any form ``lora_math.blocks`` reads (vector, preset, ``IN04:0.5, OUT:1``), default none. Other keys are errors.
+in any form ``lora_math.blocks`` reads (vector, preset, ``IN04:0.5, OUT:1``), default none. schedule: the model
+strength over the sampling steps, as a multiplier (``lora_math.schedule`` text: ``0:0.2, 0.4:1, 1:0``, a preset
+name, or per block ``IN: 0:1, 1:0 | *: 1``), default none (static). Other keys are errors.
 
 LORA_STACK (the de-facto type of Efficiency, Comfyroll, Easy-Use …) is a list of ``(name, model_weight,
 clip_weight)`` tuples. Read: longer tuples (extra items ignored), ``(name, weight)``, bare names, dicts with
 name/lora_name + strength keys, and "None" slots (skipped). Written: a plain list of :class:`LoraStackEntry`, a
-3-tuple subclass whose ``.blocks`` attribute carries the row's block weights. Other packs see ordinary 3-tuples
+3-tuple subclass whose ``.blocks`` and ``.schedule`` attributes carry the row's block weights and schedule text. Other packs see ordinary 3-tuples
 (unpacking, indexing, ``len`` 3, JSON); a pack that ``extend``s its list with ours keeps the same tuple objects, so
 the block weights survive a trip through it to another Loom node; a pack that rebuilds tuples drops only them.
 """
@@ -28,16 +31,19 @@ from dataclasses import dataclass
 from comfy_api.latest import io
 
 from ..lora_math import blocks, keymap
+from ..lora_math.schedule import parse_any_schedule
 from . import lora_files, patching
 
 log = logging.getLogger("lora_loom")
 
-ROW_KEYS = ("name", "on", "model", "clip", "blocks")
+ROW_KEYS = ("name", "on", "model", "clip", "blocks", "schedule")
 ROWS_TOOLTIP = (
     'JSON list of rows: [{"name": "a.safetensors", "on": true, "model": 1.0, "clip": 1.0, "blocks": ""}, ...]. '
     "name: a file from the loras list; on: false skips the row without reading it; model/clip: strengths "
     "(clip defaults to model); blocks: block weights, e.g. 'IN:0, OUT:1', a preset (INS, OUTALL, NONE ...) or an "
-    "LBW vector (17 values SD1, 12 SDXL, 58 FLUX)."
+    "LBW vector (17 values SD1, 12 SDXL, 58 FLUX); schedule: the model strength over the sampling steps as a "
+    "multiplier, e.g. '0:0.2, 0.4:1, 1:0' (progress:strength), '@10:0' (step), 'fade_out', or per block "
+    "'IN: 0:1, 1:0 | *: 1'."
 )
 
 
@@ -45,14 +51,16 @@ class LoraStackEntry(tuple):
     """``(name, strength_model, strength_clip)`` for every LORA_STACK reader, with Loom's block weights as ``.blocks``."""
 
     blocks: str
+    schedule: str
 
-    def __new__(cls, name: str, strength_model: float, strength_clip: float, blocks: str = ""):
+    def __new__(cls, name: str, strength_model: float, strength_clip: float, blocks: str = "", schedule: str = ""):
         entry = super().__new__(cls, (name, float(strength_model), float(strength_clip)))
         entry.blocks = blocks
+        entry.schedule = schedule
         return entry
 
-    def __getnewargs__(self):  # pickle / copy rebuild it through __new__ with all four values
-        return (*self, self.blocks)
+    def __getnewargs__(self):  # pickle / copy rebuild it through __new__ with all five values
+        return (*self, self.blocks, self.schedule)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class StackItem:
     blocks: str
     on: bool
     where: str
+    schedule: str = ""
 
 
 def check_name(name: str, where: str) -> None:
@@ -118,7 +127,10 @@ def parse_rows(text: str | None) -> list[StackItem]:
         blocks_text = row.get("blocks", "")
         if not isinstance(blocks_text, str):
             raise ValueError(f"{where}: 'blocks' must be a string, found {json.dumps(blocks_text)}")
-        items.append(StackItem(name, model, clip, blocks_text, on, where))
+        schedule = row.get("schedule", "")
+        if not isinstance(schedule, str):
+            raise ValueError(f"{where}: 'schedule' must be a string, found {json.dumps(schedule)}")
+        items.append(StackItem(name, model, clip, blocks_text, on, where, schedule))
     return items
 
 
@@ -153,6 +165,7 @@ def read_lora_stack(stack) -> list[StackItem]:
     for i, entry in enumerate(stack, 1):
         where = f"lora_stack: entry {i}"
         blocks_text = getattr(entry, "blocks", "")
+        schedule = getattr(entry, "schedule", "")
         if isinstance(entry, str):
             name, model, clip = entry, 1.0, None
         elif isinstance(entry, list | tuple) and entry:
@@ -166,6 +179,7 @@ def read_lora_stack(stack) -> list[StackItem]:
             model = next((entry[k] for k in _MODEL_KEYS if k in entry), 1.0)
             clip = next((entry[k] for k in _CLIP_KEYS if k in entry), None)
             blocks_text = entry.get("blocks", blocks_text)
+            schedule = entry.get("schedule", schedule)
         else:
             raise ValueError(f"{where}: expected a (name, model_weight, clip_weight) tuple, found {entry!r}")
         if name is None or (isinstance(name, str) and name.strip() in ("", "None")):
@@ -174,16 +188,23 @@ def read_lora_stack(stack) -> list[StackItem]:
             raise ValueError(f"{where}: the LoRA name must be a string, found {name!r}")
         if not isinstance(blocks_text, str):
             raise ValueError(f"{where}: block weights must be a string, found {blocks_text!r}")
+        if not isinstance(schedule, str):
+            raise ValueError(f"{where}: a schedule must be text, found {schedule!r}")
         check_name(name, where)
         model = _number(model, where)
         clip = model if clip is None else _number(clip, where)
-        items.append(StackItem(name, model, clip, blocks_text, True, where))
+        items.append(StackItem(name, model, clip, blocks_text, True, where, schedule))
     return items
 
 
 def _block_weights(item: StackItem, parsed, keys, arch: str) -> blocks.BlockWeights:
     present = blocks.present_blocks(p.key for p in keymap.match(parsed, keys, strict=False).patches)
     return blocks.parse_block_weights(item.blocks, present, arch, input_name=f"{item.where} blocks")
+
+
+def parse_item_schedule(item: StackItem):
+    """The item's schedule object, or None for a static row; ValueError names the row's ``schedule``."""
+    return parse_any_schedule(item.schedule, f"{item.where} schedule") if item.schedule.strip() else None
 
 
 def _label(item: StackItem) -> str:
@@ -246,6 +267,7 @@ class LoomLoraStack(io.ComfyNode):
                 if item.name not in known:
                     lora_files.resolve(item.name, item.where)  # raises the message naming the folders
                 blocks.parse_block_weights(item.blocks, None, "unknown", input_name=f"{item.where} blocks")
+                parse_item_schedule(item)
         except ValueError as e:
             return str(e)
         return True
@@ -253,7 +275,7 @@ class LoomLoraStack(io.ComfyNode):
     @classmethod
     def execute(cls, model, rows: str = "[]", clip=None, lora_stack=None) -> io.NodeOutput:
         items = [*read_lora_stack(lora_stack), *(i for i in parse_rows(rows) if i.on)]
-        out_stack = [LoraStackEntry(i.name, i.model, i.clip, i.blocks) for i in items]
+        out_stack = [LoraStackEntry(i.name, i.model, i.clip, i.blocks, i.schedule) for i in items]
         if not items:
             return io.NodeOutput(model, clip, out_stack, "nothing enabled: model and clip unchanged")
         keys, arch = None, None
@@ -272,7 +294,10 @@ class LoomLoraStack(io.ComfyNode):
                 warnings.extend(weights.warnings)
             block_weight = None if weights is None or weights.is_identity else weights
             order.append((len(specs), _label(item)))
-            specs.append(patching.LoraSpec(item.name, parsed, item.model, item.clip, block_weight, item.where))
+            schedule = parse_item_schedule(item)
+            specs.append(
+                patching.LoraSpec(item.name, parsed, item.model, item.clip, block_weight, item.where, schedule)
+            )
         new_model, new_clip, reports = patching.apply_stack(model, clip, specs)
         lines = []
         for n, entry in enumerate(order, 1):

@@ -81,3 +81,19 @@ def test_bad_lora_name_is_rejected_and_server_keeps_serving(server, object_info)
     with pytest.raises(Exception, match="lora_name"):
         server.run_prompt(prompt, timeout=120)
     assert server.get("/system_stats")["system"]  # still serving
+
+
+def test_bad_schedule_is_rejected_at_validation_naming_the_row(server, object_info):
+    path = next(p for p in WORKFLOWS if p.stem == "lora_schedule_sd15")
+    prompt = ui_to_api(json.loads(path.read_text()), object_info)
+    stack = next(n for n in prompt.values() if n["class_type"] == "LoomLoraStack")
+    rows = json.loads(stack["inputs"]["rows"])
+    rows[1]["schedule"] = "0:1, 0.6:0.5, 0.4:1"  # out of order
+    stack["inputs"]["rows"] = json.dumps(rows)
+    # ComfyUI still runs the outputs that validate (the curve preview): keep only the image that needs the stack
+    for node_id in [i for i, n in prompt.items() if n["class_type"] == "SaveImage" and "curve" in str(n["inputs"])]:
+        del prompt[node_id]
+    # /prompt refuses it before queueing: the message names the row, the entry and its position
+    with pytest.raises(Exception, match=r"rows: row 2 schedule: entry 3 '0.4:1' \(at character 15\)"):
+        server.run_prompt(prompt, timeout=120)
+    assert server.get("/system_stats")["system"]
