@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import platform
 import statistics
 import sys
@@ -76,3 +77,65 @@ def emit(result: dict, as_json: bool) -> None:
         for k, v in result.items():
             print(f"{k:>28}: {v}", file=sys.stderr)
     print(json.dumps(result, sort_keys=True))
+
+
+# --- models and LoRAs shared by the benches -------------------------------------------------------
+
+ATTN = (".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight")
+SDXL_FULL = dict(
+    image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
+    channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10], context_dim=2048, num_head_channels=64,
+    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], transformer_depth_middle=10,
+    use_linear_in_transformer=True, use_spatial_transformer=True, legacy=False, num_classes="sequential",
+    adm_in_channels=2816, use_temporal_attention=False, use_temporal_resblock=False,
+)  # fmt: skip
+
+
+def full_size_sdxl_on_gpu():
+    """Full-size SDXL UNet with random fp16 weights built on CUDA, detected by ComfyUI as SDXL.
+
+    Fan-in scaled normal weights, zero biases and unit norm scales (as the CPU stand-ins): activations stay
+    O(1) through depth, so every layer, a LoRA's attention projections included, shapes the output.
+    """
+    import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
+    import comfy.ops
+    import comfy.sd
+    import torch
+
+    with torch.device("meta"):
+        unet = openaimodel.UNetModel(**SDXL_FULL, operations=comfy.ops.disable_weight_init)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    sd = {}
+    for k, v in unet.state_dict().items():
+        t = torch.empty(v.shape, device="cuda", dtype=torch.float16)
+        if v.dim() > 1:
+            sd[k] = t.normal_(0, 1 / math.sqrt(math.prod(v.shape[1:])), generator=g)
+        else:
+            sd[k] = t.fill_(0 if k.endswith("bias") else 1)
+    return comfy.sd.load_diffusion_model_state_dict(sd)
+
+
+def write_loras(model, count: int, rank: int) -> list[str]:
+    """Seeded kohya LoRAs on every attention projection of the model, in a bench `loras` folder."""
+    import folder_paths
+    import torch
+    from safetensors.torch import save_file
+
+    out_dir = REPO / ".runtime" / "bench" / "loras"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folder_paths.add_model_folder_path("loras", str(out_dir))
+    shapes = {k: v.shape for k, v in model.model.state_dict().items() if k.endswith(ATTN)}
+    names = []
+    for i in range(count):
+        g = torch.Generator().manual_seed(1000 + i)
+        sd = {}
+        for key, shape in shapes.items():
+            name = "lora_unet_" + key[len("diffusion_model.") : -len(".weight")].replace(".", "_")
+            sd[f"{name}.lora_down.weight"] = (torch.randn(rank, shape[1], generator=g) / math.sqrt(shape[1])).half()
+            sd[f"{name}.lora_up.weight"] = (torch.randn(shape[0], rank, generator=g) * 0.01).half()
+            sd[f"{name}.alpha"] = torch.tensor(float(rank))
+        path = out_dir / f"bench-{len(shapes)}-r{rank}-{i}.safetensors"
+        if not path.exists():
+            save_file(sd, str(path))
+        names.append(path.name)
+    return names

@@ -10,63 +10,10 @@ the figures are the patch work. CPU: the small SDXL-class stand-in (Segmind-Vega
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 
-from _common import REPO, device_name, emit, parse_args, setup, sync
-
-ATTN = (".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight")
-SDXL_FULL = dict(
-    image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=[2, 2, 2],
-    channel_mult=[1, 2, 4], transformer_depth=[0, 0, 2, 2, 10, 10], context_dim=2048, num_head_channels=64,
-    transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], transformer_depth_middle=10,
-    use_linear_in_transformer=True, use_spatial_transformer=True, legacy=False, num_classes="sequential",
-    adm_in_channels=2816, use_temporal_attention=False, use_temporal_resblock=False,
-)  # fmt: skip
-
-
-def full_size_sdxl_on_gpu():
-    """Full-size SDXL UNet with random fp16 weights built on CUDA, detected by ComfyUI as SDXL."""
-    import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
-    import comfy.ops
-    import comfy.sd
-    import torch
-
-    with torch.device("meta"):
-        unet = openaimodel.UNetModel(**SDXL_FULL, operations=comfy.ops.disable_weight_init)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    sd = {}
-    for k, v in unet.state_dict().items():
-        t = torch.empty(v.shape, device="cuda", dtype=torch.float16)
-        sd[k] = t.normal_(0, 1 / math.sqrt(math.prod(v.shape[1:])), generator=g) if v.dim() > 1 else t.fill_(0)
-    return comfy.sd.load_diffusion_model_state_dict(sd)
-
-
-def write_loras(model, count: int, rank: int) -> list[str]:
-    """Seeded kohya LoRAs on every attention projection of the model, in a bench `loras` folder."""
-    import folder_paths
-    import torch
-    from safetensors.torch import save_file
-
-    out_dir = REPO / ".runtime" / "bench" / "loras"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    folder_paths.add_model_folder_path("loras", str(out_dir))
-    shapes = {k: v.shape for k, v in model.model.state_dict().items() if k.endswith(ATTN)}
-    names = []
-    for i in range(count):
-        g = torch.Generator().manual_seed(1000 + i)
-        sd = {}
-        for key, shape in shapes.items():
-            name = "lora_unet_" + key[len("diffusion_model.") : -len(".weight")].replace(".", "_")
-            sd[f"{name}.lora_down.weight"] = (torch.randn(rank, shape[1], generator=g) / math.sqrt(shape[1])).half()
-            sd[f"{name}.lora_up.weight"] = (torch.randn(shape[0], rank, generator=g) * 0.01).half()
-            sd[f"{name}.alpha"] = torch.tensor(float(rank))
-        path = out_dir / f"bench-{len(shapes)}-r{rank}-{i}.safetensors"
-        if not path.exists():
-            save_file(sd, str(path))
-        names.append(path.name)
-    return names
+from _common import ATTN, device_name, emit, full_size_sdxl_on_gpu, parse_args, setup, sync, write_loras
 
 
 def main() -> None:
