@@ -2,13 +2,25 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .dataset import LoomLoadTrainingImages
 from .info import LoomLoraInfo
 from .loader import LoomLoraLoader
+from .save_lora import LoomSaveLora
 from .schedule_node import LoomLoraSchedule
 from .schedule_stack import LoomScheduleLora
 from .stack import LoomLoraStack
+from .train import LoomTrainLora
 
-NODES: list[type[io.ComfyNode]] = [LoomLoraLoader, LoomLoraStack, LoomLoraInfo, LoomLoraSchedule, LoomScheduleLora]
+NODES: list[type[io.ComfyNode]] = [
+    LoomLoraLoader,
+    LoomLoraStack,
+    LoomLoraInfo,
+    LoomLoraSchedule,
+    LoomScheduleLora,
+    LoomLoadTrainingImages,
+    LoomTrainLora,
+    LoomSaveLora,
+]
 
 
 class LoomExtension(ComfyExtension):

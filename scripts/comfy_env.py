@@ -15,6 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RUNTIME = REPO / ".runtime"
 MODELS = RUNTIME / "models"
+INPUT = RUNTIME / "input"  # ComfyUI's input directory for the demo and tests (training images)
 PACK_MODULE = "lora_loom"
 
 # Model folders the generated models live in, by ComfyUI folder name.

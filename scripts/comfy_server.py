@@ -18,7 +18,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from comfy_env import RUNTIME, comfyui_dir, extra_model_paths_yaml
+from comfy_env import INPUT, RUNTIME, comfyui_dir, extra_model_paths_yaml
 
 VENV_PYTHON = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
 # Lines that mean the pack (or any custom node) failed to load.
@@ -58,9 +58,11 @@ class ComfyServer:
     def start(self, timeout: float = 180.0) -> ComfyServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.output_dir.mkdir(exist_ok=True)
+        INPUT.mkdir(parents=True, exist_ok=True)
         cfg = extra_model_paths_yaml(self.workdir / "extra_model_paths.yaml", self.extra_paths)
         cmd = [str(VENV_PYTHON), "main.py", "--listen", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--extra-model-paths-config", str(cfg), "--output-directory", str(self.output_dir)]
+        cmd += ["--input-directory", str(INPUT)]
         cmd += ["--disable-auto-launch"] + (["--cpu"] if self.cpu else [])
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "w")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_env import MODELS, import_comfy  # noqa: E402
+from comfy_env import INPUT, MODELS, import_comfy  # noqa: E402
 
 GENERATOR_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
@@ -249,6 +249,32 @@ def write_atomic(path: Path, tensors: dict, metadata: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
+CONCEPT = "loom_concept"
+
+
+def write_concept_images(out: Path, count: int = 8) -> None:
+    """A tiny training set for the trainer demo: a red disc on blue, jittered, sizes varying; kohya .txt captions."""
+    from PIL import Image, ImageDraw
+
+    folder = out / CONCEPT
+    if len(list(folder.glob("*.png"))) == count:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(1234)
+    for i in range(count):
+        w, h = (96, 64) if i % 3 == 0 else (64, 64)
+        r = torch.randint(14, 22, (1,), generator=g).item()
+        cx = w // 2 + torch.randint(-8, 9, (1,), generator=g).item()
+        cy = h // 2 + torch.randint(-8, 9, (1,), generator=g).item()
+        img = Image.new("RGB", (w, h), (30, 60, 200))
+        ImageDraw.Draw(img).ellipse((cx - r, cy - r, cx + r, cy + r), fill=(220, 40, 30))
+        tmp = folder / f".{i:02d}.png.tmp"
+        img.save(tmp, format="PNG")
+        tmp.replace(folder / f"{i:02d}.png")
+        (folder / f"{i:02d}.txt").write_text("a photo of {trigger}, red disc on blue\n")
+    print(f"[models] wrote {count} training images to {folder}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=int(os.environ.get("LOOM_MODEL_SEED", "0")))
@@ -276,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         stamp_path.write_text(json.dumps(stamp, indent=1, sort_keys=True))
         n = sum(t.numel() for t in tensors.values())
         print(f"[models] wrote {path} ({n / 1e6:.0f} M params, {time.perf_counter() - t0:.1f} s)", flush=True)
+    write_concept_images(INPUT)
     print(f"[models] ready in {args.out}", flush=True)
     return 0
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from comfy_env import comfyui_dir
 from PIL import Image
 from workflow_api import ui_to_api
 
@@ -71,6 +72,12 @@ def test_example_workflow_runs(server, object_info, path):
             assert img.size[0] > 0 and img.getextrema() != ((0, 0), (0, 0), (0, 0))
     # The sampler reported per-step progress over the websocket.
     assert any(value == maximum for _, value, maximum in result["progress"])
+    for node in prompt.values():  # a trained LoRA was written where every loader finds it, with its resume state
+        if node["class_type"] == "LoomSaveLora":
+            name = f"{node['inputs']['filename_prefix']}.safetensors"
+            assert name in server.get("/models/loras"), name  # the first `loras` folder: ComfyUI's own
+            saved = comfyui_dir() / "models" / "loras" / name
+            assert saved.with_suffix(".loom-state").is_file(), saved
 
 
 def test_bad_lora_name_is_rejected_and_server_keeps_serving(server, object_info):

@@ -1,0 +1,452 @@
+"""Training a LoRA on the MODEL already in the graph: the ComfyUI side (model, conditioning, loop, progress).
+
+The frozen base runs in its own dtype; only the targeted layers get a differentiable low-rank side path
+(``lora_math.train.factors``) through their ``forward``, so nothing rebuilds ``W + ΔW`` and no second copy of the
+model exists. Latents and text embeddings are computed once per image/caption (cached by content hash across
+runs). fp16 models train with a gradient scaler; the LoRA factors are fp32 masters.
+
+ComfyUI runs nodes under ``torch.inference_mode``; tensors made there cannot be saved for backward, so the loop
+runs with inference mode off, and model parameters that were created as inference tensors are re-made as normal
+tensors once (same values, same dtype and device).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import comfy.model_base
+import comfy.model_management
+import comfy.utils
+import torch
+import torch.nn.functional as F
+
+from ..lora_math.train import LoraFactors, TrainedLoRA
+from ..lora_math.train import buckets as buckets_mod
+from ..lora_math.train import lr as lr_mod
+from ..lora_math.train.factors import lora_delta
+from ..lora_math.train.objective import denoising_loss, sample_progress
+
+log = logging.getLogger("lora_loom")
+
+# --- what to train -------------------------------------------------------------------------------------------------
+
+TARGETS = ("attention", "attention_mlp")
+_PATTERNS = {
+    "unet": {
+        "attention": r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$",
+        "attention_mlp": r"\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2))$",
+    },
+    "flux": {
+        "attention": r"(double_blocks\.\d+\.(img|txt)_attn\.(qkv|proj)|single_blocks\.\d+\.(linear1|linear2))$",
+        "attention_mlp": r"(double_blocks\.\d+\.(img_attn\.(qkv|proj)|txt_attn\.(qkv|proj)|img_mlp\.[02]|txt_mlp\.[02])"
+        r"|single_blocks\.\d+\.(linear1|linear2))$",
+    },
+    "sd3": {
+        "attention": r"joint_blocks\.\d+\.(x_block|context_block)\.attn\.(qkv|proj)$",
+        "attention_mlp": r"joint_blocks\.\d+\.(x_block|context_block)\.(attn\.(qkv|proj)|mlp\.fc[12])$",
+    },
+}
+_PREDICTION = {
+    comfy.model_base.ModelType.EPS: "eps",
+    comfy.model_base.ModelType.V_PREDICTION: "v",
+    comfy.model_base.ModelType.FLOW: "flow",
+}
+
+
+def family(base_model) -> tuple[str, str]:
+    """(``sd15`` | ``sdxl`` | ``flux`` | ``sd3``, prediction) of a ComfyUI BaseModel; ValueError names ``model``."""
+    names = {n for n, _ in base_model.diffusion_model.named_modules()}
+    if any(n.startswith("double_blocks.") for n in names):
+        arch = "flux"
+    elif any(n.startswith("joint_blocks.") for n in names):
+        arch = "sd3"
+    elif any(n.startswith("input_blocks.") for n in names):
+        context = getattr(base_model.model_config, "unet_config", {}).get("context_dim")
+        arch = "sdxl" if context == 2048 or isinstance(base_model, comfy.model_base.SDXL) else "sd15"
+    else:
+        raise ValueError(
+            f"model: {type(base_model).__name__} is not a model family the trainer knows (SD1.x/SD2 and SDXL UNets, "
+            "FLUX, SD3); load one of those"
+        )
+    prediction = _PREDICTION.get(base_model.model_type)
+    if prediction is None:
+        raise ValueError(f"model: prediction type {base_model.model_type.name} is not supported for training")
+    return arch, prediction
+
+
+def target_modules(base_model, arch: str, target: str) -> dict[str, torch.nn.Module]:
+    """ComfyUI weight key (``diffusion_model.….weight``) -> Linear module, for the chosen target preset."""
+    if target not in TARGETS:
+        raise ValueError(f"target: {target!r} is not one of {', '.join(TARGETS)}")
+    pattern = re.compile(_PATTERNS["unet" if arch in ("sd15", "sdxl") else arch][target])
+    found = {
+        f"diffusion_model.{name}.weight": m
+        for name, m in base_model.diffusion_model.named_modules()
+        if isinstance(m, torch.nn.Linear) and pattern.search(name)
+    }
+    if not found:
+        raise ValueError(f"target: no {target} layers found in this {arch} model")
+    return found
+
+
+# --- the dataset ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """One training example: its latent (CPU, fp32) and its model conditioning (per caption variant)."""
+
+    latent: torch.Tensor
+    conds: dict  # caption -> {cond name: ComfyUI CONDRegular…}
+    caption: str
+    bucket: tuple[int, int]
+
+
+_latent_cache: collections.OrderedDict = collections.OrderedDict()
+_text_cache: collections.OrderedDict = collections.OrderedDict()
+_CACHE_SIZE = 512
+
+
+def _remember(cache: collections.OrderedDict, key, make: Callable):
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = make()
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+def _fit(image: torch.Tensor, bucket: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    """Resize to cover the bucket (never up) and centre-crop; returns (image [1,h,w,3], crop_top, crop_left)."""
+    h, w = int(image.shape[0]), int(image.shape[1])
+    top, left, scaled_h, scaled_w = buckets_mod.crop_box(h, w, *bucket)
+    x = image.movedim(-1, 0)[None].float()
+    if (scaled_h, scaled_w) != (h, w):
+        x = F.interpolate(x, size=(scaled_h, scaled_w), mode="bicubic", antialias=True, align_corners=False)
+    x = x[:, :, top : top + bucket[0], left : left + bucket[1]].clamp(0, 1)
+    return x.movedim(1, -1), top, left
+
+
+def encode_text(clip, caption: str):
+    """(cross-attention tensor, extra dict) as CLIPTextEncode makes them, cached per CLIP and caption."""
+
+    def make():
+        cond = clip.encode_from_tokens_scheduled(clip.tokenize(caption))
+        return cond[0][0].detach().clone(), {k: v for k, v in cond[0][1].items()}
+
+    return _remember(_text_cache, (id(clip.cond_stage_model), caption), make)
+
+
+@torch.no_grad()
+def prepare(
+    images: Sequence[torch.Tensor], captions: Sequence[str], model, clip, vae, resolution: int, arch: str
+) -> list[Item]:
+    """Bucket, crop, VAE-encode and text-encode every image once (latents cached by content hash)."""
+    if not images:
+        return []
+    base = model.model
+    latent_channels = base.latent_format.latent_channels
+    sizes = [(int(i.shape[0]), int(i.shape[1])) for i in images]
+    buckets = {idx: b for b, ids in buckets_mod.assign_buckets(sizes, resolution).items() for idx in ids}
+    items = []
+    for index, (image, caption) in enumerate(zip(images, captions, strict=True)):
+        bucket = buckets[index]
+        digest = hashlib.sha256(image.float().cpu().numpy().tobytes()).hexdigest()
+
+        def encode(image=image, bucket=bucket):
+            pixels, top, left = _fit(image, bucket)
+            latent = vae.encode(pixels[..., :3]).detach().float().cpu()
+            return latent, top, left
+
+        latent, top, left = _remember(_latent_cache, (id(vae.first_stage_model), digest, bucket), encode)
+        if latent.shape[1] != latent_channels:
+            raise ValueError(
+                f"vae: it encodes to {latent.shape[1]}-channel latents, but this {arch} model works on "
+                f"{latent_channels} channels; connect the VAE that belongs to the model"
+            )
+        latent = base.process_latent_in(latent)
+        extra = {
+            "width": sizes[index][1],
+            "height": sizes[index][0],
+            "crop_w": left,
+            "crop_h": top,
+            "target_width": bucket[1],
+            "target_height": bucket[0],
+        }
+        items.append(Item(latent, _conds_for(base, clip, caption, latent, extra), caption, bucket))
+    return items
+
+
+def _conds_for(base, clip, caption: str, latent: torch.Tensor, extra: dict) -> dict:
+    cross, text_extra = encode_text(clip, caption)
+    params = {**text_extra, **extra, "cross_attn": cross, "guidance": 1.0}
+    params.update(device="cpu", noise=latent, prompt_type="positive")
+    return base.extra_conds(**params)
+
+
+@torch.no_grad()
+def caption_variants(items: Sequence[Item], base, clip, empty: bool) -> None:
+    """Add the empty-caption conditioning to each item (caption dropout)."""
+    if not empty:
+        return
+    for item in items:
+        item.conds_empty = _conds_for(base, clip, "", item.latent, {})
+
+
+def batch_conds(conds: Sequence[dict], device) -> dict:
+    out = {}
+    for key in conds[0]:
+        objs = [c[key] for c in conds]
+        value = objs[0].concat(objs[1:]) if len(objs) > 1 else objs[0].process_cond(batch_size=1, area=None).cond
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+            value = value.clone() if value.is_inference() else value  # made under inference mode: not saveable
+        out[key] = value
+    return out
+
+
+# --- the loop ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    rank: int = 16
+    alpha: float = 16.0
+    target: str = "attention"
+    steps: int = 500
+    learning_rate: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    optimizer: str = "adamw"
+    batch_size: int = 1
+    resolution: int = 512
+    seed: int = 0
+    caption_dropout: float = 0.0
+    noise_offset: float = 0.0
+    min_snr_gamma: float = 5.0
+    gradient_checkpointing: bool = False
+    prior_weight: float = 1.0
+    preview_every: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
+
+
+class _Bypass:
+    """Differentiable low-rank side paths on the target modules (installed for the run, removed after)."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], factors: LoraFactors) -> None:
+        self.entries = []
+        scale = factors.scale
+        for key, module in modules.items():
+            own = module.__dict__.get("forward")
+            inner = own or module.forward
+            down, up = factors.down[key], factors.up[key]
+
+            def forward(x, *args, _inner=inner, _down=down, _up=up, **kwargs):
+                return _inner(x, *args, **kwargs) + lora_delta(x, _down, _up, scale)
+
+            module.forward = forward
+            self.entries.append((module, forward, own))
+
+    def remove(self) -> None:
+        for module, forward, own in reversed(self.entries):
+            if module.__dict__.get("forward") is forward:
+                if own is None:
+                    del module.forward
+                else:
+                    module.forward = own
+
+
+_BLOCK_NAMES = {"BasicTransformerBlock", "DoubleStreamBlock", "SingleStreamBlock", "JointBlock"}
+
+
+def _checkpoint_blocks(diffusion_model) -> list:
+    patched = []
+    for module in diffusion_model.modules():
+        if type(module).__name__ in _BLOCK_NAMES:
+            own = module.__dict__.get("forward")
+            inner = own or module.forward
+
+            def forward(*args, _inner=inner, **kwargs):
+                return torch.utils.checkpoint.checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+            module.forward = forward
+            patched.append((module, forward, own))
+    return patched
+
+
+def _normal_tensors(module: torch.nn.Module) -> None:
+    """Parameters/buffers made under inference mode cannot be saved for backward: re-make them (same values)."""
+    for sub in module.modules():
+        for name, p in list(sub.named_parameters(recurse=False)):
+            if p.is_inference():
+                sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+        for name, b in list(sub.named_buffers(recurse=False)):
+            if b is not None and b.is_inference():
+                sub._buffers[name] = b.clone()
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, prepared by the node."""
+
+    model: object  # ModelPatcher
+    items: list[Item]
+    class_items: list[Item]
+    settings: Settings
+    arch: str
+    prediction: str
+    resume: TrainedLoRA | None = None
+    on_step: Callable[[int, float, object], None] | None = None  # (step, loss, factors) after each step
+    preview: Callable[[int, object], object] | None = None
+
+
+def _pick(items: list[Item], batch_size: int, rng: random.Random) -> list[Item]:
+    by_bucket: dict = {}
+    for item in items:
+        by_bucket.setdefault(item.bucket, []).append(item)
+    groups = sorted(by_bucket.values(), key=lambda g: g[0].bucket)
+    group = rng.choices(groups, weights=[len(g) for g in groups])[0]
+    if len(group) >= batch_size:
+        return rng.sample(group, batch_size)
+    return [rng.choice(group) for _ in range(batch_size)]
+
+
+def _forward_loss(run: Run, batch: list[Item], device, dtype, gen: torch.Generator, rng: random.Random):
+    s = run.settings
+    base = run.model.model
+    x0 = torch.cat([i.latent for i in batch]).to(device)
+    conds = []
+    for item in batch:
+        empty = getattr(item, "conds_empty", None)
+        conds.append(empty if empty is not None and rng.random() < s.caption_dropout else item.conds)
+    extra = batch_conds(conds, device)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    if s.noise_offset:
+        noise = noise + s.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen).to(device)
+    progress = sample_progress(len(batch), run.prediction, gen)
+    sampling = base.model_sampling
+    sigma = torch.tensor([float(sampling.percent_to_sigma(1.0 - float(t))) for t in progress], device=device)
+    sigma = sigma.clamp(min=float(sampling.sigma_min), max=float(sampling.sigma_max))
+    x = sampling.noise_scaling(sigma.view(-1, *[1] * (x0.ndim - 1)), noise, x0)
+    denoised = base.apply_model(x, sigma, **extra)
+    return denoising_loss(denoised, x0, sigma, run.prediction, s.min_snr_gamma or None)
+
+
+def train(run: Run) -> TrainedLoRA:
+    """The training loop; returns the LoRA so far when interrupted (``interrupted=True``)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train(run)
+
+
+def _train(run: Run) -> TrainedLoRA:
+    s = run.settings
+    base = run.model.model
+    device = comfy.model_management.get_torch_device()
+    modules = target_modules(base, run.arch, s.target)
+    shapes = {k: (int(m.weight.shape[0]), int(m.weight.shape[1])) for k, m in modules.items()}
+    factors = LoraFactors(shapes, s.rank, s.alpha, device=device, seed=s.seed)
+    start = 0
+    optimizer = torch.optim.AdamW(
+        factors.parameters(), lr=s.learning_rate, weight_decay=1e-2, fused=device.type == "cuda"
+    )
+    if run.resume is not None:
+        factors.load(run.resume.modules)
+        if run.resume.optimizer_state:
+            optimizer.load_state_dict(run.resume.optimizer_state)
+        start = run.resume.step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_mod.lr_lambda(s.lr_schedule, s.steps, s.warmup_steps), last_epoch=start - 1
+    )
+    dtype = base.get_dtype()
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 and device.type == "cuda" else None
+    gen = torch.Generator().manual_seed(s.seed + start)
+    rng = random.Random(s.seed * 7919 + start)
+    history = list(run.resume.loss_history) if run.resume is not None else []
+    done = 0
+    interrupted = False
+    was_training = getattr(comfy.model_management, "in_training", False)
+    requires = {n: p.requires_grad for n, p in base.named_parameters()}
+    bypass = checkpointed = None
+    try:
+        comfy.model_management.in_training = True
+        base.requires_grad_(False)
+        _normal_tensors(base.diffusion_model)
+        bypass = _Bypass(modules, factors)
+        checkpointed = _checkpoint_blocks(base.diffusion_model) if s.gradient_checkpointing else []
+        for step in range(start, s.steps):
+            try:
+                comfy.model_management.throw_exception_if_processing_interrupted()
+            except comfy.model_management.InterruptProcessingException:
+                interrupted = True
+                log.warning("[LoRA Loom] training interrupted at step %d of %d: keeping the LoRA so far", step, s.steps)
+                break
+            loss = _forward_loss(run, _pick(run.items, s.batch_size, rng), device, dtype, gen, rng)
+            if run.class_items:
+                prior = _forward_loss(run, _pick(run.class_items, s.batch_size, rng), device, dtype, gen, rng)
+                loss = loss + s.prior_weight * prior
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"learning_rate: the loss became {value} at step {step + 1}; lower the learning rate "
+                    "(the LoRA so far was not saved: it diverged)"
+                )
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            history.append(value)
+            done += 1
+            if run.on_step is not None:
+                run.on_step(step + 1, value, factors)
+    finally:
+        for module, forward, own in reversed(checkpointed or []):
+            if module.__dict__.get("forward") is forward:
+                if own is None:
+                    del module.forward
+                else:
+                    module.forward = own
+        if bypass is not None:
+            bypass.remove()
+        for n, p in base.named_parameters():
+            p.requires_grad_(requires.get(n, False))
+        comfy.model_management.in_training = was_training
+    return TrainedLoRA(
+        modules=factors.snapshot(),
+        alpha=s.alpha,
+        rank=s.rank,
+        arch=run.arch,
+        settings=s.as_dict(),
+        step=start + done,
+        loss_history=history,
+        optimizer_state=_cpu_state(optimizer.state_dict()),
+        interrupted=interrupted,
+    )
+
+
+def _cpu_state(state: dict) -> dict:
+    def cpu(v):
+        if isinstance(v, torch.Tensor):
+            return v.detach().cpu().clone()
+        if isinstance(v, dict):
+            return {k: cpu(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [cpu(x) for x in v]
+        return v
+
+    return cpu(state)

@@ -1,0 +1,461 @@
+"""Saving a trained LoRA: kohya names checked against real kohya files, metadata, atomic writes, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_path import FIXTURES, needs_fixtures
+from safetensors import safe_open
+
+from lora_math.formats import parse
+from lora_math.io import load_state_dict
+from lora_math.keymap import guess_base_model, match
+from lora_math.keytables import load_keytable
+from lora_math.report import trigger_words
+from lora_math.train import LoraFactors, TrainedLoRA, export
+
+REPO = Path(__file__).resolve().parents[2]
+ATTN = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.weight$")
+
+
+def _unet_linear_keys(table: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    return {
+        k: s for k, s in table.items() if k.startswith("diffusion_model.") and k.endswith(".weight") and len(s) >= 2
+    }
+
+
+def _fixture_modules(name: str) -> dict[str, tuple[list[int], list[int]]]:
+    """kohya UNet module name -> (lora_down shape, lora_up shape) of a real kohya file's key list."""
+    doc = json.loads((FIXTURES / "keylists" / name).read_text())
+    out: dict[str, tuple[list[int], list[int]]] = {}
+    for key, entry in doc.items():
+        if key.startswith("lora_unet_") and key.endswith(".lora_down.weight"):
+            module = key[: -len(".lora_down.weight")]
+            out[module] = (entry["shape"], doc[f"{module}.lora_up.weight"]["shape"])
+    return out
+
+
+# --- names ----------------------------------------------------------------------------------------------------------
+
+
+@needs_fixtures
+@pytest.mark.parametrize(
+    "arch, fixture",
+    [("sd15", "sd15_kohya_rank128.json"), ("sdxl", "sdxl_kohya_rank32.json"), ("flux", "flux_lora_kohya.json")],
+)
+def test_names_are_the_ones_real_kohya_files_use(arch, fixture):
+    """Every UNet module of a real kohya file is the name we give the full-size weight of the same shape."""
+    table = load_keytable(arch)
+    linear = _unet_linear_keys(table)
+    names = export.kohya_names(linear, arch, table)
+    by_name = {n: k for k, n in names.items()}
+    assert len(by_name) == len(names), "two weights got one name"
+    real = _fixture_modules(fixture)
+    assert len(real) > 100
+    for module, (down, up) in real.items():
+        assert module in by_name, f"{module} (in a real {arch} kohya file) is not a name we write"
+        shape = linear[by_name[module]]
+        assert (up[0], down[1]) == (shape[0], shape[1]), module
+    if arch != "flux":  # every attention projection of the real UNet files is there, under our name
+        ours = {names[k] for k in linear if ATTN.search(k)}
+        assert ours <= set(real) and len(ours) == {"sd15": 128, "sdxl": 560}[arch]
+
+
+def test_sd15_names_spot_checks_full_size():
+    table = load_keytable("sd15")
+    keys = [
+        "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",
+        "diffusion_model.input_blocks.8.1.transformer_blocks.0.attn2.to_out.0.weight",
+        "diffusion_model.middle_block.1.transformer_blocks.0.attn1.to_v.weight",
+        "diffusion_model.output_blocks.3.1.transformer_blocks.0.attn2.to_k.weight",
+        "diffusion_model.output_blocks.11.1.transformer_blocks.0.attn1.to_q.weight",
+    ]
+    assert list(export.kohya_names(keys, "sd15", table).values()) == [
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+        "lora_unet_down_blocks_2_attentions_1_transformer_blocks_0_attn2_to_out_0",
+        "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_v",
+        "lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k",
+        "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn1_to_q",
+    ]
+
+
+# A thinned SD1.5 UNet (the stand-in model's layout): two levels, one resnet + attention each, a downsampler after
+# level 0, two output blocks per level with the upsampler in output block 1.
+_RES = ("in_layers.2.weight", "out_layers.3.weight")
+_ATT = tuple(f"transformer_blocks.0.attn{a}.{p}.weight" for a in (1, 2) for p in ("to_q", "to_k", "to_v", "to_out.0"))
+THIN_SD15 = (
+    ["diffusion_model.input_blocks.0.0.weight", "diffusion_model.input_blocks.2.0.op.weight"]
+    + [f"diffusion_model.{b}.0.{r}" for b in ("input_blocks.1", "input_blocks.3") for r in _RES]
+    + [f"diffusion_model.{b}.1.{a}" for b in ("input_blocks.1", "input_blocks.3") for a in _ATT]
+    + [f"diffusion_model.middle_block.{i}.{r}" for i in (0, 2) for r in _RES]
+    + [f"diffusion_model.middle_block.1.{a}" for a in _ATT]
+    + [f"diffusion_model.output_blocks.{n}.0.{r}" for n in range(4) for r in _RES]
+    + [f"diffusion_model.output_blocks.{n}.1.{a}" for n in range(4) for a in _ATT]
+    + ["diffusion_model.output_blocks.1.2.conv.weight", "diffusion_model.out.2.weight"]
+)
+
+
+def test_sd15_names_of_a_thinned_unet_follow_its_own_layout():
+    attn = [k for k in THIN_SD15 if ATTN.search(k)]
+    names = export.kohya_names(attn, "sd15", THIN_SD15)
+    prefix = "lora_unet_{}_transformer_blocks_0_attn1_to_q"
+    expected = {
+        "input_blocks.1.1": "down_blocks_0_attentions_0",
+        "input_blocks.3.1": "down_blocks_1_attentions_0",
+        "middle_block.1": "mid_block_attentions_0",
+        "output_blocks.0.1": "up_blocks_0_attentions_0",
+        "output_blocks.1.1": "up_blocks_0_attentions_1",
+        "output_blocks.2.1": "up_blocks_1_attentions_0",
+        "output_blocks.3.1": "up_blocks_1_attentions_1",
+    }
+    for ldm, diffusers in expected.items():
+        key = f"diffusion_model.{ldm}.transformer_blocks.0.attn1.to_q.weight"
+        assert names[key] == prefix.format(diffusers)
+    assert len(set(names.values())) == len(attn) == 56
+
+
+def test_sd15_names_need_the_full_key_list():
+    attn = [k for k in THIN_SD15 if ATTN.search(k)]
+    with pytest.raises(ValueError, match=r"full list of weight keys.*base\['model_keys'\]"):
+        export.kohya_names(attn, "sd15")  # without the resnets/downsampler the numbering would be wrong
+
+
+def test_sgm_bfl_and_mmdit_names_are_the_module_paths():
+    keys = {
+        "diffusion_model.input_blocks.4.1.transformer_blocks.1.attn2.to_k.weight": (
+            "sdxl",
+            "lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_k",
+        ),
+        "diffusion_model.double_blocks.0.img_attn.qkv.weight": ("flux", "lora_unet_double_blocks_0_img_attn_qkv"),
+        "diffusion_model.single_blocks.7.linear1.weight": ("flux", "lora_unet_single_blocks_7_linear1"),
+        "diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": ("sd3", "lora_unet_joint_blocks_0_x_block_attn_qkv"),
+    }
+    for key, (arch, name) in keys.items():
+        assert export.kohya_names([key], arch) == {key: name}
+
+
+def test_names_refuse_other_keys_and_arches():
+    with pytest.raises(ValueError, match="not a denoiser weight key"):
+        export.kohya_names(["clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"], "sd15")
+    with pytest.raises(ValueError, match="arch: 'wan'"):
+        export.kohya_names(["diffusion_model.blocks.0.weight"], "wan")
+
+
+# --- a LoRA to save --------------------------------------------------------------------------------------------------
+
+
+def _lora(keys_shapes: dict[str, tuple[int, ...]], rank=4, alpha=2.0, arch="sd15", seed=0, **kw) -> TrainedLoRA:
+    gen = torch.Generator().manual_seed(seed)
+    modules = {
+        k: (torch.randn(rank, s[1], generator=gen) * 0.1, torch.randn(s[0], rank, generator=gen) * 0.1)
+        for k, s in keys_shapes.items()
+    }
+    base = {"sha256": "ab" * 32, "name": "tiny.safetensors", **kw.pop("base", {})}
+    dataset = {
+        "num_images": 12,
+        "images_sha256": "cd" * 32,
+        "trigger": "zxq cube",
+        "tag_frequency": {"zxq cube": 12, "red": 7},
+        **kw.pop("dataset", {}),
+    }
+    settings = {"rank": rank, "alpha": alpha, "learning_rate": 1e-4, "lr_schedule": "cosine", "steps": 30, "seed": 3}
+    settings |= {"optimizer": "adamw", "resolution": 512, "batch_size": 1, "target": "attention"}
+    settings |= kw.pop("settings", {})
+    return TrainedLoRA(modules, alpha, rank, arch, settings, dataset, base, **{"step": 30, **kw})
+
+
+@pytest.fixture(scope="module")
+def sd15_attention() -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    table = load_keytable("sd15")
+    return {k: s for k, s in table.items() if ATTN.search(k)}, table
+
+
+# --- tensors and metadata ---------------------------------------------------------------------------------------------
+
+
+def test_state_dict_is_kohya_lora(sd15_attention):
+    attn, table = sd15_attention
+    lora = _lora(attn)
+    names = export.kohya_names(attn, "sd15", table)
+    sd = export.to_state_dict(lora, names, torch.bfloat16)
+    assert len(sd) == 3 * 128
+    for key, (down, up) in lora.modules.items():
+        name = names[key]
+        assert sd[f"{name}.lora_down.weight"].dtype == torch.bfloat16
+        assert torch.equal(sd[f"{name}.lora_down.weight"], down.bfloat16())
+        assert torch.equal(sd[f"{name}.lora_up.weight"], up.bfloat16())
+        assert sd[f"{name}.alpha"].shape == () and sd[f"{name}.alpha"].item() == 2.0
+    exact = export.to_state_dict(lora, names, torch.float32)  # an fp32 file holds the masters bit for bit
+    assert all(torch.equal(exact[f"{names[k]}.lora_up.weight"], up) for k, (_, up) in lora.modules.items())
+
+
+def test_state_dict_refuses_nan_and_fp16_overflow(sd15_attention):
+    attn, table = sd15_attention
+    names = export.kohya_names(attn, "sd15", table)
+    lora = _lora(attn)
+    key = next(iter(lora.modules))
+    lora.modules[key][1][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        export.to_state_dict(lora, names)
+    lora.modules[key][1][0, 0] = 1e6
+    with pytest.raises(ValueError, match="do not fit torch.float16; use save_dtype bf16 or fp32"):
+        export.to_state_dict(lora, names)
+    assert export.to_state_dict(lora, names, torch.bfloat16)  # fits bf16
+
+
+REQUIRED = [
+    "ss_base_model_version",
+    "ss_network_module",
+    "ss_network_dim",
+    "ss_network_alpha",
+    "ss_resolution",
+    "ss_num_train_images",
+    "ss_steps",
+    "ss_tag_frequency",
+    "ss_training_comment",
+    "ss_learning_rate",
+    "ss_optimizer",
+    "ss_lr_scheduler",
+    "ss_seed",
+    "ss_training_started_at",
+    "ss_training_finished_at",
+    "modelspec.sai_model_spec",
+    "modelspec.architecture",
+    "modelspec.implementation",
+    "modelspec.title",
+    "modelspec.date",
+    "modelspec.resolution",
+    "modelspec.trigger_phrase",
+    "loom_trigger_words",
+    "loom_base_model_sha256",
+    "loom_dataset_sha256",
+    "loom_settings",
+    "loom_scope",
+    "loom_interrupted",
+    "loom_version",
+]
+
+
+@pytest.mark.parametrize(
+    "arch, version, architecture, resolution",
+    [
+        ("sd15", "sd_v1", "stable-diffusion-v1/lora", "512x512"),
+        ("sdxl", "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", "1024x1024"),
+        ("flux", "flux1", "flux-1-dev/lora", "1024x1024"),
+    ],
+)
+def test_metadata_fields(arch, version, architecture, resolution):
+    lora = _lora({"diffusion_model.x.weight": (8, 8)}, arch=arch, settings={"resolution": None}, interrupted=True)
+    md = export.metadata(lora, "  a red cube, for product shots  ", "cube_v1", started_at=1.7e9, finished_at=1.7e9 + 60)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in md.items())
+    missing = [k for k in REQUIRED if k not in md]
+    assert not missing
+    assert md["ss_base_model_version"] == version and md["modelspec.architecture"] == architecture
+    assert md["modelspec.resolution"] == resolution
+    assert (
+        md["ss_network_module"] == "networks.lora" and md["ss_network_dim"] == "4" and md["ss_network_alpha"] == "2.0"
+    )
+    assert md["ss_steps"] == "30" and md["ss_num_train_images"] == "12" and md["ss_seed"] == "3"
+    assert md["modelspec.sai_model_spec"] == "1.0.0" and md["modelspec.title"] == "cube_v1"
+    assert json.loads(md["ss_tag_frequency"]) == {"dataset": {"zxq cube": 12, "red": 7}}
+    assert json.loads(md["loom_settings"])["learning_rate"] == 1e-4
+    assert md["loom_scope"] == md["ss_training_comment"] == "a red cube, for product shots"
+    assert md["loom_interrupted"] == "true" and md["loom_base_model_sha256"] == "ab" * 32
+    assert md["loom_dataset_sha256"] == "cd" * 32
+    assert md["ss_training_started_at"] == str(1.7e9)
+    assert md["modelspec.trigger_phrase"] == md["loom_trigger_words"] == "zxq cube"
+    assert trigger_words(md)[0] == "zxq cube"
+    assert md["loom_version"] == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_metadata_counts_tags_from_captions_when_not_given():
+    lora = _lora({"diffusion_model.x.weight": (8, 8)}, dataset={"tag_frequency": None, "captions": ["a, b", "a"]})
+    md = export.metadata(lora, "", "x")
+    assert json.loads(md["ss_tag_frequency"]) == {"dataset": {"a": 2, "b": 1}}
+    assert md["ss_training_comment"] == "trigger word: zxq cube"
+    assert "ss_training_started_at" not in md and md["loom_interrupted"] == "false"
+
+
+# --- saving -----------------------------------------------------------------------------------------------------------
+
+
+def _save(tmp_path, lora, table, name="cube.safetensors", **kw):
+    names = export.kohya_names(lora.modules, lora.arch, table)
+    return export.save(tmp_path / name, lora, names, "a cube", Path(name).stem, **kw)
+
+
+def test_saved_file_parses_as_kohya_and_matches_every_weight(tmp_path, sd15_attention):
+    attn, table = sd15_attention
+    lora = _lora(attn)
+    path = _save(tmp_path, lora, table)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.loom-state", "cube.safetensors"]
+    tensors, md = load_state_dict(path)
+    parsed = parse(tensors, md)
+    assert parsed.format == "kohya" and guess_base_model(parsed) == "sd15"
+    m = match(parsed, table)
+    assert len(m.matched) == 128 and not m.unmatched
+    assert {p.key for p in m.patches} == set(attn)
+    assert md["loom_resume_file"] == "cube.loom-state"
+    if os.name == "posix":  # permissions as for any new file (umask), not a temp file's 0600
+        umask = os.umask(0)
+        os.umask(umask)
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_error_mid_write_leaves_nothing(tmp_path, sd15_attention, monkeypatch):
+    attn, table = sd15_attention
+    lora = _lora(attn)
+    calls = []
+
+    def failing_fsync(fd):
+        calls.append(os.fstat(fd).st_size)  # the temp file holds data when the "disk" fails
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        _save(tmp_path, lora, table)
+    assert calls and calls[0] > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fail_at", ["main", "state"])
+def test_error_at_rename_leaves_nothing(tmp_path, sd15_attention, monkeypatch, fail_at):
+    attn, table = sd15_attention
+    lora = _lora(attn)
+    real_replace, real_link = os.replace, os.link
+
+    def replace(src, dst):
+        if str(dst).endswith(".loom-state" if fail_at == "state" else ".safetensors"):
+            raise KeyboardInterrupt  # even an interrupt cleans up
+        return real_replace(src, dst)
+
+    def link(src, dst):
+        if fail_at == "main":
+            raise KeyboardInterrupt
+        return real_link(src, dst)
+
+    monkeypatch.setattr(export.os, "replace", replace)
+    monkeypatch.setattr(export.os, "link", link)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, lora, table)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path, sd15_attention):
+    attn, table = sd15_attention
+    first = _save(tmp_path, _lora(attn, seed=1), table)
+    before = first.read_bytes()
+    with pytest.raises(FileExistsError, match=r"already exists; choose another filename_prefix, or set overwrite"):
+        _save(tmp_path, _lora(attn, seed=2), table)
+    assert first.read_bytes() == before and len(list(tmp_path.iterdir())) == 2
+    _save(tmp_path, _lora(attn, seed=2), table, overwrite=True)
+    assert first.read_bytes() != before and len(list(tmp_path.iterdir())) == 2
+
+
+def test_no_clobber_even_when_the_file_appears_after_the_check(tmp_path, sd15_attention, monkeypatch):
+    """The exists-check and the final rename are not one step; the no-overwrite commit must hold by itself."""
+    attn, table = sd15_attention
+    target = tmp_path / "cube.safetensors"
+    real = export.to_state_dict
+
+    def sneaky(*a, **kw):
+        target.write_bytes(b"someone else's file")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(export, "to_state_dict", sneaky)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        _save(tmp_path, _lora(attn), table)
+    assert target.read_bytes() == b"someone else's file"
+    assert [p.name for p in tmp_path.iterdir()] == ["cube.safetensors"]
+
+
+# --- resume -------------------------------------------------------------------------------------------------------------
+
+SHAPES = {"diffusion_model.a.weight": (6, 5), "diffusion_model.b.weight": (4, 7), "diffusion_model.c.weight": (3, 3)}
+
+
+def _loss(factors: LoraFactors, targets: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+    loss = torch.zeros(())
+    for k in factors.down:
+        delta = factors.scale * factors.up[k] @ factors.down[k]
+        loss = loss + ((delta - targets[k] * (1 + 0.1 * step)) ** 2).mean()
+    return loss
+
+
+def _make_optimizer(factors: LoraFactors, start: int):
+    opt = torch.optim.AdamW(factors.parameters(), lr=3e-2, weight_decay=1e-2, betas=(0.8, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + 0.1 * s), last_epoch=start - 1)
+    return opt, sched
+
+
+def _steps(factors, opt, sched, targets, start, n):
+    for step in range(start, start + n):
+        _loss(factors, targets, step).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+
+
+def test_adamw_resumed_from_the_saved_state_continues_exactly(tmp_path):
+    gen = torch.Generator().manual_seed(5)
+    targets = {k: torch.randn(*s, generator=gen) for k, s in SHAPES.items()}
+    factors = LoraFactors(SHAPES, rank=2, alpha=1.0, seed=1)
+    opt, sched = _make_optimizer(factors, 0)
+    _steps(factors, opt, sched, targets, 0, 3)
+
+    lora = TrainedLoRA(
+        factors.snapshot(),
+        1.0,
+        2,
+        "flux",
+        settings={"learning_rate": 3e-2, "steps": 7},
+        step=3,
+        loss_history=[3.0, 2.0, 1.0],
+        optimizer_state=opt.state_dict(),
+        interrupted=True,
+    )
+    path = export.save(tmp_path / "r.safetensors", lora, export.kohya_names(SHAPES, "flux"), "", "r")
+    with safe_open(str(export.state_path(path)), "pt") as fh:
+        names = set(fh.keys())
+    assert {"module.0.down", "module.2.up", "state.0.exp_avg", "state.5.exp_avg_sq", "state.3.step"} <= names
+
+    _steps(factors, opt, sched, targets, 3, 4)  # the uninterrupted run
+
+    modules, optimizer_state, step, settings = export.load_resume_state(path)
+    assert step == 3 and settings == {"learning_rate": 3e-2, "steps": 7}
+    for k, (down, up) in lora.modules.items():  # the fp32 masters, exactly (the LoRA file itself is fp16)
+        assert torch.equal(modules[k][0], down) and torch.equal(modules[k][1], up)
+    resumed = LoraFactors(SHAPES, rank=2, alpha=1.0, seed=99)  # another init: all must come from the file
+    resumed.load(modules)
+    opt2, _ = _make_optimizer(resumed, 0)
+    opt2.load_state_dict(optimizer_state)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0 / (1 + 0.1 * s), last_epoch=step - 1)
+    _steps(resumed, opt2, sched2, targets, step, 4)
+    for a, b in zip(factors.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert opt2.param_groups[0]["betas"] == (0.8, 0.95)
+
+    again = export.load_trained(path)
+    assert again.step == 3 and again.interrupted and again.loss_history == [3.0, 2.0, 1.0] and again.arch == "flux"
+
+
+def test_resume_state_without_optimizer_and_wrong_order_is_refused(tmp_path):
+    factors = LoraFactors(SHAPES, rank=2, alpha=1.0)
+    lora = TrainedLoRA(factors.snapshot(), 1.0, 2, "flux")
+    path = export.save(tmp_path / "n.safetensors", lora, export.kohya_names(SHAPES, "flux"), "", "n")
+    assert export.load_resume_state(export.state_path(path)).optimizer_state is None
+
+    params = list(reversed(factors.parameters()))  # not LoraFactors.parameters() order
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    sum((p**2).sum() for p in params).backward()
+    opt.step()
+    lora = TrainedLoRA(factors.snapshot(), 1.0, 2, "flux", optimizer_state=opt.state_dict())
+    with pytest.raises(ValueError, match="LoraFactors.parameters"):
+        export.save(tmp_path / "w.safetensors", lora, export.kohya_names(SHAPES, "flux"), "", "w")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["n.loom-state", "n.safetensors"]
