@@ -247,7 +247,13 @@ def _resume(name: str) -> TrainedLoRA | None:
     if not name or name == "none":
         return None
     path = lora_files.resolve(name, "resume_from")
-    return export_mod.load_trained(path)
+    try:
+        return export_mod.load_trained(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(
+            f"resume_from: cannot resume {name!r}: {e}; only LoRAs saved by Loom Save LoRA (with the "
+            f"{export_mod.STATE_SUFFIX} file beside them) can be resumed"
+        ) from None
 
 
 class _Progress:

@@ -362,8 +362,8 @@ def _train(run: Run) -> TrainedLoRA:
     )
     if run.resume is not None:
         factors.load(run.resume.modules)
-        if run.resume.optimizer_state:
-            optimizer.load_state_dict(run.resume.optimizer_state)
+        if run.resume.optimizer_state:  # cloned here: tensors read under inference mode cannot be updated in place
+            optimizer.load_state_dict(_cpu_state(run.resume.optimizer_state))
         start = run.resume.step
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_mod.lr_lambda(s.lr_schedule, s.steps, s.warmup_steps), last_epoch=start - 1

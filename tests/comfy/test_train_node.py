@@ -109,3 +109,29 @@ def test_interrupt_keeps_the_lora_so_far(train_mod, sd15, monkeypatch):
     assert report.startswith("interrupted after 2 steps") and model.get_attachment("lora_loom") is not None
     assert not mm.processing_interrupted()  # consumed: the rest of the graph (e.g. Save LoRA) runs
     mm.unload_all_models()
+
+
+def test_save_then_resume_continues_the_run(train_mod, sd15, tmp_path):
+    import folder_paths
+
+    save = importlib.import_module("lora_loom.nodes.save_lora").LoomSaveLora
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    folder_paths.add_model_folder_path("loras", str(folder), is_default=True)
+    try:
+        _, first, _, _ = run(train_mod, sd15, steps=2)
+        name, stack = save.execute(lora=first, filename_prefix="resume/first", scope="test").result
+        assert [tuple(e) for e in stack] == [(name, 1.0, 1.0)]
+        _, resumed, _, report = run(train_mod, sd15, steps=4, resume_from=name)
+        assert resumed.step == 4 and len(resumed.loss_history) == 4
+        assert resumed.loss_history[:2] == first.loss_history and report.startswith("trained 2 steps (4 in all)")
+        with pytest.raises(ValueError, match=r"resume_from"):
+            run(train_mod, sd15, steps=4, resume_from="resume/missing.safetensors")
+        with pytest.raises(
+            ValueError, match=r"resume_from: cannot resume 'loom-tiny-sd15-lora.safetensors'.*Loom Save"
+        ):
+            run(train_mod, sd15, steps=4, resume_from="loom-tiny-sd15-lora.safetensors")
+    finally:
+        folder_paths.folder_names_and_paths["loras"][0].remove(str(folder))
+        folder_paths.filename_list_cache.pop("loras", None)
+        mm.unload_all_models()
