@@ -83,6 +83,10 @@ class LoomLoraInfo(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lora_name: str | None = None) -> bool | str:
+        return lora_files.validate(lora_name)
+
+    @classmethod
     def execute(cls, lora_name, model=None, clip=None) -> io.NodeOutput:
         parsed = lora_files.load(lora_name)  # may raise ValueError naming lora_name
         words = ", ".join(report.trigger_words(parsed.metadata))

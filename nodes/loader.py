@@ -38,6 +38,10 @@ class LoomLoraLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lora_name: str | None = None) -> bool | str:
+        return lora_files.validate(lora_name)
+
+    @classmethod
     def execute(cls, model, lora_name, strength_model, strength_clip, clip=None, schedule=None) -> io.NodeOutput:
         if strength_model == 0 and (clip is None or strength_clip == 0):
             return io.NodeOutput(model, clip, f"{lora_name}: strengths are 0, nothing applied")

@@ -21,6 +21,17 @@ def lora_names() -> list[str]:
     return folder_paths.get_filename_list("loras")
 
 
+def validate(name: str | None, input_name: str = "lora_name") -> bool | str:
+    """For ``validate_inputs``: True, or the message naming the input (ComfyUI does not check V3 combos itself)."""
+    if name is None:  # linked from another node: checked when it runs
+        return True
+    try:
+        resolve(name, input_name)
+    except ValueError as e:
+        return str(e)
+    return True
+
+
 def resolve(name: str, input_name: str = "lora_name") -> Path:
     parts = Path(name.replace("\\", "/")).parts
     if not name or Path(name).is_absolute() or ".." in parts:

@@ -30,6 +30,10 @@ class LoomScheduleLora(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lora_name: str | None = None) -> bool | str:
+        return lora_files.validate(lora_name)
+
+    @classmethod
     def execute(cls, lora_stack, lora_name: str, schedule) -> io.NodeOutput:
         if not isinstance(schedule, Schedule | BlockSchedules):
             raise ValueError(

@@ -156,6 +156,11 @@ class LoomTrainLora(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, resume_from: list | str | None = None) -> bool | str:
+        name = _first(resume_from, "none")
+        return True if name in (None, "none") else lora_files.validate(name, "resume_from")
+
+    @classmethod
     def execute(cls, **kw) -> io.NodeOutput:
         model, clip, vae = _first(kw["model"]), _first(kw["clip"]), _first(kw["vae"])
         images = _images(kw.get("images"), "images")
