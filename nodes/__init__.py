@@ -25,4 +25,7 @@ NODES: list[type[io.ComfyNode]] = [
 
 class LoomExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        from . import web_routes
+
+        web_routes.register()  # the web panels' routes, when ComfyUI's server runs (before it mounts its routes)
         return list(NODES)

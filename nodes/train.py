@@ -130,7 +130,7 @@ class LoomTrainLora(io.ComfyNode):
                 io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw"),
                 io.Int.Input("batch_size", default=1, min=1, max=64),
                 io.Int.Input("resolution", default=512, min=64, max=4096, step=64),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True),
                 io.Float.Input("caption_dropout", default=0.0, min=0.0, max=1.0, step=0.01),
                 io.Float.Input("noise_offset", default=0.0, min=0.0, max=1.0, step=0.01),
                 io.Float.Input("min_snr_gamma", default=5.0, min=0.0, max=100.0, step=0.1, tooltip="0 turns it off."),
