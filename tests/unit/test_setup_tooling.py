@@ -143,3 +143,65 @@ def test_demo_overrides_put_user_files_into_loaders_and_stack_rows():
         ("b.safetensors", 0.7, True),
     ]
     assert out["4"]["inputs"]["width"] == out["4"]["inputs"]["height"] == 512
+
+
+# --- Chromium for the browser tier (make browser) ------------------------------------------------------------------
+
+
+def _no_chromium(monkeypatch, which: dict, root: bool, sudo_ok: bool = False):
+    """A machine whose PATH has exactly `which` (name -> path), as root or not; records what it is asked to run."""
+    calls = []
+    monkeypatch.delenv("LOOM_CHROMIUM", raising=False)
+    monkeypatch.setattr(bootstrap.shutil, "which", lambda name: which.get(name))
+    monkeypatch.setattr(bootstrap.os, "access", lambda path, mode: path in which.values())
+    monkeypatch.setattr(bootstrap.os, "geteuid", lambda: 0 if root else 1000)
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        if cmd[:2] == ["sudo", "-n"] and cmd[2:] == ["true"]:
+            return subprocess.CompletedProcess(cmd, 0 if sudo_ok else 1, stdout="", stderr="")
+        if "install" in cmd:  # apt-get installs it
+            which["chromium"] = "/usr/bin/chromium"
+        if cmd[-1] == "--version":
+            return subprocess.CompletedProcess(cmd, 0, stdout="Chromium 150.0\n", stderr="")
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(bootstrap.subprocess, "run", run)
+    return calls
+
+
+def test_chromium_already_there_installs_nothing(monkeypatch):
+    calls = _no_chromium(monkeypatch, {"chromium": "/opt/bin/chromium", "apt-get": "/usr/bin/apt-get"}, root=True)
+    assert bootstrap.ensure_chromium() == "/opt/bin/chromium"
+    assert calls == []
+
+
+def test_chromium_is_installed_with_apt_get_as_root(monkeypatch):
+    calls = _no_chromium(monkeypatch, {"apt-get": "/usr/bin/apt-get"}, root=True)
+    assert bootstrap.ensure_chromium() == "/usr/bin/chromium"
+    assert calls[0][:2] == ["apt-get", "update"]
+    assert calls[1][:2] == ["apt-get", "install"] and "chromium" in calls[1] and "--no-install-recommends" in calls[1]
+    assert not any("playwright" in " ".join(c) for c in calls)  # never Playwright's own browser download
+
+
+def test_chromium_is_installed_with_passwordless_sudo(monkeypatch):
+    calls = _no_chromium(
+        monkeypatch, {"apt-get": "/usr/bin/apt-get", "sudo": "/usr/bin/sudo"}, root=False, sudo_ok=True
+    )
+    bootstrap.ensure_chromium()
+    assert [c[:3] for c in calls[1:3]] == [["sudo", "-n", "apt-get"], ["sudo", "-n", "apt-get"]]
+
+
+def test_no_root_no_sudo_is_one_clear_line(monkeypatch, capsys):
+    calls = _no_chromium(monkeypatch, {"apt-get": "/usr/bin/apt-get", "sudo": "/usr/bin/sudo"}, root=False)
+    assert bootstrap.main(["--browser"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0
+    assert "needs root" in err and "sudo apt-get install -y chromium" in err and "LOOM_CHROMIUM" in err
+    assert not [c for c in calls if "apt-get" in c]
+
+
+def test_no_apt_get_names_the_alternatives(monkeypatch):
+    _no_chromium(monkeypatch, {}, root=True)
+    with pytest.raises(bootstrap.SetupError, match="no apt-get.*LOOM_CHROMIUM"):
+        bootstrap.ensure_chromium()

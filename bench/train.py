@@ -1,0 +1,568 @@
+"""LoRA training speed: the Loom training engine vs ComfyUI core's `TrainLoraNode`, same model, same run.
+
+Both trainers get the same latents (random, `--images` of them, one size) and the same conditioning (random SDXL
+cross-attention [1,77,2048] + pooled [1,1280] with width/height per image; FLUX: T5 [1,512,4096] + pooled [1,768],
+guidance 1), rank 16, batch 1, the same learning rate, AdamW, the same number of steps, and the same model dtype.
+"Matched settings" means same rank / batch / resolution / steps / optimizer / precision, not the same layers: core
+trains every weight of the model (a LoRA on each Linear and Conv, plus full-size diffs of every bias and norm
+weight), Loom only the attention projections (its default target preset); the JSON says how many of each (`what`).
+
+Core: `TrainLoraNode.execute(...)` called in-process as ComfyUI runs it (lists for its is_input_list inputs, a list
+of single-image latents: one batched LATENT trips its `multi_res` bug). Loom: the engine API without VAE or CLIP,
+`nodes.training.Item` objects built from the latents and the model's own `extra_conds`, then `train(Run(...))`.
+
+Timing: a global AdamW step hook timestamps every optimizer step, so each step's time is the interval between two
+optimizer steps (forward, backward, optimizer, the trainer's own per-step bookkeeping); the first `--warmup` steps
+(and the setup before step 1) are dropped, and s/step is the median over the `--steps` timed ones (every step does
+the same work, so the median is the steady-state step; on a shared machine it ignores steps slowed by other jobs;
+the mean, min, max and every step are in `runs`, with the load average and this process's CPU use per wall second).
+The fixed cost of each call (setup, model load, teardown) is reported separately (`setup_s`, `teardown_s`).
+
+Memory: on CUDA, `torch.cuda.max_memory_allocated` after a reset right before each trainer's call (weights resident
+on the GPU included). On the CPU, the process max RSS from `resource.getrusage` after each trainer's phase (Loom runs
+first, so the core figure is a max over both), and the peak RSS sampled every 10 ms during each trainer's call.
+
+CPU (default): the small SDXL-class stand-in `loom-tiny-sdxl` (Segmind-Vega depths), fp32, 128x128 px, no gradient
+checkpointing on either side. `--gpu`: full-size SDXL UNet with random bf16 weights on CUDA, 1024x1024, gradient
+checkpointing on for both (and one Loom run without, unless `--no-nockpt`). `--flux` picks the FLUX family instead:
+with `--gpu` the full-size FLUX.1-dev DiT (19 double + 38 single blocks, random bf16 weights), 1024x1024, Loom with
+checkpointing (and without), then core unless `--skip-core`; without `--gpu` the tiny FLUX stand-in `loom-tiny-flux`
+(1 + 1 blocks) in fp32 at 64x64 on the CPU, a cheap check of the FLUX path.
+Cheap GPU runs: `--steps 5 --warmup 2`, `--skip-core`, `--no-nockpt`.
+
+A run that fails (CUDA out of memory, an autograd error) is recorded under `errors` with its traceback on stderr,
+the other runs still report, and the exit status is 1. Known on ComfyUI 0.3.75: its FLUX blocks add to the residual
+stream in place (`x += …`) after a LayerNorm saved it for backward, so training FLUX without checkpointing fails in
+backward (core and Loom alike); core's checkpointing wrapper happens to avoid it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import math
+import os
+import resource
+import statistics
+import sys
+import threading
+import time
+import traceback
+
+from _common import SDXL_FULL, device_name, emit, parse_args, setup, sync
+from schedule import comfyui_version
+
+# Full-size FLUX.1-dev DiT (what ComfyUI's detection calls `Flux`): 19 double and 38 single blocks, ~11.9 B params.
+FLUX_FULL = dict(
+    image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
+    mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000,
+    patch_size=2, qkv_bias=True, guidance_embed=True,
+)  # fmt: skip
+GIB = 2**30
+
+
+def options(ap) -> None:
+    ap.add_argument("--flux", action="store_true", help="FLUX DiT (full size with --gpu, the tiny stand-in on CPU)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per trainer (default 20 CPU, 10 GPU)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps before the timed ones")
+    ap.add_argument("--size", type=int, default=None, help="image side in px (default 1024 GPU; CPU 128, FLUX 64)")
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-core", action="store_true", help="Loom only")
+    ap.add_argument("--skip-loom", action="store_true", help="core only")
+    ap.add_argument("--no-nockpt", action="store_true", help="GPU: leave out the Loom run without checkpointing")
+    ap.add_argument(
+        "--checkpointing", choices=("on", "off"), default=None, help="gradient checkpointing (default off CPU, on GPU)"
+    )
+    ap.add_argument("--core-lora-dtype", choices=("bf16", "fp32"), default=None, help="default fp32 CPU, bf16 GPU")
+    ap.add_argument(
+        "--profile", type=int, default=0, metavar="K", help="afterwards, profile K steady-state steps of each trainer"
+    )
+
+
+def is_oom(e: BaseException | None) -> bool:
+    """A CUDA out-of-memory error, also when a trainer re-raised it as its own error."""
+    import torch
+
+    while e is not None:
+        if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def log(text: str) -> None:
+    print(f"[bench/train] {text}", file=sys.stderr, flush=True)
+
+
+# --- measuring ----------------------------------------------------------------------------------------------------
+
+
+class StepClock:
+    """Timestamps of every optimizer step in the process (a global post-step hook on all optimizers)."""
+
+    def __init__(self, gpu: bool) -> None:
+        self.gpu = gpu
+        self.stamps: list[float] = []
+        self.on_step = None  # extra callback per step (profiler.step)
+
+    def hook(self, optimizer, args, kwargs) -> None:
+        if self.gpu:
+            sync()
+        self.stamps.append(time.perf_counter())
+        if self.on_step is not None:
+            self.on_step()
+
+    @contextlib.contextmanager
+    def watch(self):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.stamps = []
+        handle = register_optimizer_step_post_hook(self.hook)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+
+class PeakRSS:
+    """Peak resident set size of this process, sampled every `every` s in a thread (Linux /proc)."""
+
+    def __init__(self, every: float = 0.01) -> None:
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * self._page
+        except OSError:
+            return 0
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def max_rss_gib() -> float:
+    """Process max RSS so far (getrusage; kilobytes on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (GIB if sys.platform == "darwin" else 2**20)
+
+
+def measure(label: str, call, clock: StepClock, warmup: int, timed: int, gpu: bool) -> dict:
+    """Run `call()` (one whole training call of warmup+timed steps); per-step times from the optimizer steps."""
+    import torch
+
+    if gpu:
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    with clock.watch(), PeakRSS() as rss:
+        sync()
+        t0 = time.perf_counter()
+        out = call()
+        sync()
+        wall = time.perf_counter() - t0
+        stamps = list(clock.stamps)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    if len(stamps) != warmup + timed:
+        raise SystemExit(f"bench/train.py: {label} made {len(stamps)} optimizer steps, expected {warmup + timed}")
+    intervals = [b - a for a, b in zip([t0, *stamps[:-1]], stamps, strict=True)]
+    steps = intervals[warmup:]
+    mean = statistics.fmean(steps)
+    median = statistics.median(steps)
+    entry = {
+        "s_per_step": round(median, 4),
+        "mean_s": round(mean, 4),
+        "min_s": round(min(steps), 4),
+        "max_s": round(max(steps), 4),
+        "steps_s": [round(s, 4) for s in steps],
+        "wall_s": round(wall, 3),
+        "setup_s": round(intervals[0] - median, 3),  # before the first step (first step's excess included)
+        "teardown_s": round(wall - (stamps[-1] - t0), 3),  # after the last optimizer step
+        # machine load: 1-min load average before/after, and this process's CPU seconds per wall second (about
+        # the thread count when it had the cores to itself; lower when other jobs took them)
+        "loadavg_before_after": [load_before, os.getloadavg()[0] if load_before is not None else None],
+        "process_cpu_per_wall": round(cpu_s / wall, 2),
+    }
+    if gpu:
+        entry["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
+        entry["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
+    else:
+        entry["peak_rss_during_gib"] = round(rss.peak / GIB, 3)
+        entry["max_rss_gib"] = round(max_rss_gib(), 3)
+    log(f"{label}: {median:.4f} s/step median (mean {mean:.4f}, wall {wall:.1f} s, load {load_before})")
+    return {"entry": entry, "out": out}
+
+
+def profile(label: str, call, clock: StepClock, k: int, gpu: bool, top: int = 15) -> dict:
+    """torch.profiler over k steady-state steps of one training call (setup and the first step skipped)."""
+    import torch.profiler as tp
+
+    activities = [tp.ProfilerActivity.CPU] + ([tp.ProfilerActivity.CUDA] if gpu else [])
+    with tp.profile(activities=activities, schedule=tp.schedule(wait=1, warmup=1, active=k, repeat=1)) as prof:
+        clock.on_step = prof.step
+        try:
+            with clock.watch():
+                call()
+        finally:
+            clock.on_step = None
+    events = prof.key_averages()
+    key = "self_device_time_total" if gpu else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in events) or 1
+    rows = []
+    for e in sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]:
+        rows.append(
+            {
+                "op": e.key,
+                "self_ms_per_step": round(getattr(e, key) / 1000 / k, 3),
+                "share": round(getattr(e, key) / total, 3),
+                "calls_per_step": round(e.count / k, 1),
+            }
+        )
+    calls = sum(e.count for e in events) / k
+    log(
+        f"profile {label}: {calls:.0f} op calls per step; top: "
+        + ", ".join(f"{r['op']} {r['share']}" for r in rows[:5])
+    )
+    return {"op_calls_per_step": round(calls), "self_time_ms_per_step": round(total / 1000 / k, 1), "top": rows}
+
+
+# --- models -------------------------------------------------------------------------------------------------------
+
+
+def random_model_on_gpu(build_meta, dtype):
+    """A ComfyUI ModelPatcher detected from a random state dict made on CUDA (fan-in normal weights, zero biases,
+    unit norm scales, as the CPU stand-ins), loaded in `dtype`."""
+    import comfy.sd
+    import torch
+
+    with torch.device("meta"):
+        module = build_meta()
+    shapes = {k: (v.shape, v.dtype) for k, v in module.state_dict().items()}
+    del module
+    g = torch.Generator(device="cuda").manual_seed(0)
+    sd = {}
+    for k, (shape, meta_dtype) in shapes.items():
+        if not meta_dtype.is_floating_point:
+            sd[k] = torch.zeros(shape, device="cuda", dtype=meta_dtype)
+            continue
+        t = torch.empty(shape, device="cuda", dtype=dtype)
+        if len(shape) > 1:
+            sd[k] = t.normal_(0, 1 / math.sqrt(math.prod(shape[1:])), generator=g)
+        else:
+            sd[k] = t.fill_(0 if k.endswith("bias") else 1)
+    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
+    del sd
+    torch.cuda.empty_cache()
+    return patcher
+
+
+def build_model(args):
+    import comfy.ops
+    import comfy.sd
+    import folder_paths
+    import torch
+
+    if args.flux and args.gpu:
+        import comfy.ldm.flux.model
+
+        def flux():
+            return comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, **FLUX_FULL)
+
+        return random_model_on_gpu(flux, torch.bfloat16), "FLUX.1-dev DiT full size (19+38 blocks), random bf16"
+    if args.gpu:
+        import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
+
+        def unet():
+            return openaimodel.UNetModel(**SDXL_FULL, operations=comfy.ops.disable_weight_init)
+
+        return random_model_on_gpu(unet, torch.bfloat16), "SDXL UNet full size, random bf16"
+    name = "loom-tiny-flux" if args.flux else "loom-tiny-sdxl"
+    path = folder_paths.get_full_path("diffusion_models", f"{name}.safetensors")
+    if path is None:
+        raise SystemExit(f"bench/train.py: {name}.safetensors is missing: run `make models` first")
+    model = comfy.sd.load_diffusion_model(path, model_options={"dtype": torch.float32})
+    if args.flux:
+        return model, "tiny FLUX-class stand-in loom-tiny-flux (1 double + 1 single block), fp32"
+    return model, "small SDXL-class stand-in loom-tiny-sdxl (Segmind-Vega depths), fp32"
+
+
+def dataset(args, model, size: int):
+    """Raw latents (what VAEEncode gives) and ComfyUI conditionings, one per image, seeded."""
+    import torch
+
+    base = model.model
+    channels = base.latent_format.latent_channels
+    scale = float(getattr(base.latent_format, "scale_factor", 1.0))
+    g = torch.Generator().manual_seed(args.seed + 1)
+    latents, conds = [], []
+    for _ in range(args.images):
+        latents.append(torch.randn(1, channels, size // 8, size // 8, generator=g) / scale)
+        if args.flux:
+            cross = torch.randn(1, 512, 4096, generator=g)
+            extra = {"pooled_output": torch.randn(1, 768, generator=g), "guidance": 1.0}
+        else:
+            cross = torch.randn(1, 77, 2048, generator=g)
+            extra = {"pooled_output": torch.randn(1, 1280, generator=g), "width": size, "height": size}
+        conds.append([cross, extra])
+    return latents, conds
+
+
+# --- the two trainers ---------------------------------------------------------------------------------------------
+
+
+def loom_items(training, model, latents, conds, size: int):
+    base = model.model
+    items = []
+    for i, (latent, (cross, extra)) in enumerate(zip(latents, conds, strict=True)):
+        x0 = base.process_latent_in(latent)
+        params = {
+            **extra,
+            "cross_attn": cross,
+            "crop_w": 0,
+            "crop_h": 0,
+            "target_width": size,
+            "target_height": size,
+            "device": "cpu",
+            "noise": x0,
+            "prompt_type": "positive",
+        }
+        params.setdefault("width", size)
+        params.setdefault("height", size)
+        params.setdefault("guidance", 1.0)
+        items.append(training.Item(x0, base.extra_conds(**params), f"image {i}", (size, size)))
+    return items
+
+
+def core_call(model, latents, conds, args, steps: int, checkpointing: bool, training_dtype: str, lora_dtype: str):
+    from comfy_extras.nodes_train import TrainLoraNode
+
+    def call():
+        return TrainLoraNode.execute(
+            model=[model],
+            latents=[{"samples": latent} for latent in latents],  # a list: one batched LATENT trips multi_res
+            positive=[conds],
+            batch_size=[1],
+            steps=[steps],
+            grad_accumulation_steps=[1],
+            learning_rate=[args.lr],
+            rank=[args.rank],
+            optimizer=["AdamW"],
+            loss_function=["MSE"],
+            seed=[args.seed],
+            training_dtype=[training_dtype],
+            lora_dtype=[lora_dtype],
+            algorithm=["LoRA"],
+            gradient_checkpointing=[checkpointing],
+            existing_lora=["[None]"],
+        )
+
+    return call
+
+
+def core_what(lora_sd: dict) -> dict:
+    lora_layers = [k for k in lora_sd if k.endswith(".lora_up.weight")]
+    diffs = [k for k in lora_sd if k.endswith(".diff")]
+    bias = [k for k in lora_sd if k.endswith(".diff_b")]
+    return {
+        "trains": "every weight: a LoRA (alpha 1) on each Linear/Conv weight, full diffs on each 1-D weight "
+        "(norms) and on each bias",
+        "lora_layers": len(lora_layers),
+        "weight_diffs": len(diffs),
+        "bias_diffs": len(bias),
+        "params": int(sum(v.numel() for k, v in lora_sd.items() if not k.endswith(".alpha"))),
+    }
+
+
+def main() -> None:
+    t_start = time.perf_counter()
+    args = parse_args(__doc__, options)
+    setup(args.gpu)
+    import comfy.model_management as mm
+    import comfy.utils
+    import torch
+    from comfy_env import PACK_MODULE, comfyui_dir
+
+    training = importlib.import_module(f"{PACK_MODULE}.nodes.training")
+    comfy.utils.PROGRESS_BAR_ENABLED = False  # no tqdm lines from core's loop
+    gpu = args.gpu
+    timed = args.steps or (10 if gpu else 20)
+    warmup = max(1, args.warmup)
+    steps = warmup + timed
+    size = args.size or (1024 if gpu else 64 if args.flux else 128)
+    ckpt = (args.checkpointing or ("on" if gpu else "off")) == "on"
+    dtype_name = "bf16" if gpu else "fp32"
+    core_lora_dtype = args.core_lora_dtype or ("bf16" if gpu else "fp32")
+
+    model, model_what = build_model(args)
+    warnings: list[str] = []
+    try:
+        arch, prediction = training.family(model.model)
+    except ValueError as e:
+        if not args.flux:
+            raise
+        arch, prediction = "flux", "flow"  # FLUX is flow matching (ComfyUI's ModelType.FLUX)
+        warnings.append(f"nodes.training.family() refused this FLUX model ({e}); the bench passed flux/flow itself")
+    latents, conds = dataset(args, model, size)
+    clock = StepClock(gpu)
+    result: dict = {
+        "bench": "train",
+        "mode": ("gpu-" if gpu else "cpu-") + ("flux" if args.flux else "sdxl"),
+        "device": device_name(gpu),
+        "comfyui_version": comfyui_version(comfyui_dir()),
+        "torch": torch.__version__,
+        "settings": {
+            "model": model_what,
+            "arch": arch,
+            "prediction": prediction,
+            "images": args.images,
+            "size": f"{size}x{size}",
+            "latent": "x".join(str(d) for d in latents[0].shape[1:]),
+            "rank": args.rank,
+            "batch_size": 1,
+            "learning_rate": args.lr,
+            "optimizer": "AdamW (weight decay 0.01 both)",
+            "warmup_steps": warmup,
+            "timed_steps": timed,
+            "gradient_checkpointing": ckpt,
+            "model_dtype": dtype_name,
+            "core_training_dtype": dtype_name,
+            "core_lora_dtype": core_lora_dtype,
+            "loom_alpha": float(args.rank),
+            "loom_lora_dtype": "fp32",
+            "seed": args.seed,
+        },
+        "memory_note": (
+            "torch.cuda.max_memory_allocated after a reset before each trainer's call, resident weights included"
+            if gpu
+            else "CPU: process max RSS from resource.getrusage after each trainer's phase (Loom first, so core's is a "
+            "max over both); peak_rss_during_gib: RSS sampled every 10 ms during each call"
+        ),
+    }
+    what: dict = {"matched": "same rank, batch, resolution, steps, optimizer, learning rate and precision; not the "
+                  "same layers (core: every weight, Loom: attention projections only)"}  # fmt: skip
+
+    def loom(checkpointing: bool, n: int):
+        items = loom_items(training, model, latents, conds, size)
+        settings = training.Settings(
+            rank=args.rank, alpha=float(args.rank), steps=n, learning_rate=args.lr, batch_size=1,
+            resolution=size, seed=args.seed, gradient_checkpointing=checkpointing,
+        )  # fmt: skip
+
+        def call():
+            mm.load_models_gpu([model], force_full_load=True)  # as the node does before training
+            return training.train(training.Run(model, items, [], settings, arch, prediction))
+
+        return call
+
+    def guarded(label: str, run) -> dict:
+        """run(); a trainer that fails (CUDA out of memory, an autograd error) is recorded and the bench goes on, so
+        one device session still reports the other runs. The exit status is 1 when any run failed."""
+        try:
+            return run()
+        except Exception as e:  # recorded in the JSON, traceback on stderr
+            traceback.print_exc()
+            kind = "out of memory" if is_oom(e) else type(e).__name__
+            error = f"{kind}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+        gc.collect()
+        entry = {"error": error}
+        if gpu:
+            entry["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
+            torch.cuda.empty_cache()
+        log(f"{label} failed: {error}")
+        return {"entry": entry}
+
+    def timed_run(label: str, call, n_steps: int) -> dict:
+        return guarded(label, lambda: measure(label, call, clock, warmup, n_steps - warmup, gpu))
+
+    def profiled(label: str, call) -> dict:
+        return guarded(f"profile {label}", lambda: {"entry": profile(label, call, clock, args.profile, gpu)})["entry"]
+
+    runs: dict = {}
+    if not args.skip_loom:
+        modules = training.target_modules(model.model, arch, "attention")
+        what["loom"] = {
+            "trains": "attention projections only (preset 'attention': "
+            + ("to_q/to_k/to_v/to_out.0" if arch in ("sd15", "sdxl") else "qkv/proj, single-block linear1/linear2")
+            + f"), LoRA rank {args.rank}, alpha {args.rank}, fp32 factors",
+            "lora_layers": len(modules),
+            "params": int(sum(args.rank * (m.weight.shape[0] + m.weight.shape[1]) for m in modules.values())),
+        }
+        torch.manual_seed(args.seed)
+        m = timed_run("loom", loom(ckpt, steps), steps)
+        runs["loom"] = m["entry"]
+        if m.get("out") is not None:
+            history = m["out"].loss_history
+            runs["loom"]["loss_first_last"] = [round(history[0], 5), round(history[-1], 5)]
+        del m
+        if gpu and ckpt and not args.no_nockpt:
+            torch.manual_seed(args.seed)
+            runs["loom_nockpt"] = timed_run("loom, no checkpointing", loom(False, steps), steps)["entry"]
+        if args.profile and "error" not in runs["loom"]:
+            runs["loom"]["profile"] = profiled("loom", loom(ckpt, args.profile + 2))
+    if not args.skip_core:
+        torch.manual_seed(args.seed)
+        call = core_call(model, latents, conds, args, steps, ckpt, dtype_name, core_lora_dtype)
+        m = timed_run("core", call, steps)
+        runs["core"] = m["entry"]
+        if m.get("out") is not None:
+            _, lora_sd, loss_map, _ = m["out"].args
+            losses = loss_map["loss"]
+            runs["core"]["loss_first_last"] = [round(losses[0], 5), round(losses[-1], 5)]
+            what["core"] = core_what(lora_sd)
+            del lora_sd
+        del m
+        if args.profile and "error" not in runs["core"]:
+            call = core_call(model, latents, conds, args, args.profile + 2, ckpt, dtype_name, core_lora_dtype)
+            runs["core"]["profile"] = profiled("core", call)
+
+    def ok(label: str) -> bool:
+        return "s_per_step" in runs.get(label, {})
+
+    mem = "peak_mem_gib" if gpu else "max_rss_gib"
+    if ok("loom"):
+        result["loom_s_per_step"] = runs["loom"]["s_per_step"]
+        result["peak_mem_gib"] = runs["loom"][mem]
+    if ok("core"):
+        result["core_s_per_step"] = runs["core"]["s_per_step"]
+        result["core_peak_mem_gib"] = runs["core"][mem]
+    if ok("loom") and ok("core"):
+        result["speedup"] = round(runs["core"]["s_per_step"] / runs["loom"]["s_per_step"], 3)
+        result["speedup_mean"] = round(runs["core"]["mean_s"] / runs["loom"]["mean_s"], 3)
+    if ok("loom_nockpt"):
+        result["loom_nockpt_s_per_step"] = runs["loom_nockpt"]["s_per_step"]
+        result["loom_nockpt_peak_mem_gib"] = runs["loom_nockpt"]["peak_mem_gib"]
+    if warnings:
+        result["warnings"] = warnings
+    errors = {k: v["error"] for k, v in runs.items() if "error" in v}
+    if errors:
+        result["errors"] = errors
+    result["runs"] = runs
+    result["what"] = what
+    result["total_s"] = round(time.perf_counter() - t_start, 1)
+    emit(result, args.json)
+    if errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
