@@ -111,8 +111,9 @@ def test_saved_lora_loads_in_core_and_loom_with_the_trained_weights(pack, sd15, 
     assert len(lora.modules) == 56  # to_q/k/v/out.0 of attn1/attn2 in 7 transformer blocks
 
     out = save(pack, lora, save_dtype=save_dtype)
-    (rel,) = out.result
+    rel, stack = out.result
     assert rel == str(Path("loom", "zxq_cube.safetensors"))
+    assert [tuple(e) for e in stack] == [(rel, 1.0, 1.0)]  # a LORA_STACK for a stack node in the same graph
     assert rel in folder_paths.get_filename_list("loras")  # every loader lists it at once
     assert "loom/zxq_cube.loom-state" not in folder_paths.get_filename_list("loras")
     text = out.ui.as_dict()["text"][0]
