@@ -13,6 +13,7 @@ tensors once (same values, same dtype and device).
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 import math
@@ -57,6 +58,7 @@ _PREDICTION = {
     comfy.model_base.ModelType.EPS: "eps",
     comfy.model_base.ModelType.V_PREDICTION: "v",
     comfy.model_base.ModelType.FLOW: "flow",
+    comfy.model_base.ModelType.FLUX: "flow",  # FLUX.1 (and Chroma…): flow matching with ModelSamplingFlux's shift
 }
 
 
@@ -268,6 +270,40 @@ class _Bypass:
 
 
 _BLOCK_NAMES = {"BasicTransformerBlock", "DoubleStreamBlock", "SingleStreamBlock", "JointBlock"}
+# Blocks that add to their input tensors in place (ComfyUI's FLUX blocks: ``img += …``, ``txt += …``, ``x += …``),
+# and the norms that read those tensors first: autograd saves a LayerNorm's input for backward, so the in-place add
+# would corrupt it ("modified by an inplace operation"). Each of these norms gets a copy of its input instead.
+_INPLACE_NORMS = {
+    "DoubleStreamBlock": ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2"),
+    "SingleStreamBlock": ("pre_norm",),
+}
+
+
+def _copy_norm_inputs(diffusion_model) -> list:
+    patched = []
+    for block in diffusion_model.modules():
+        for name in _INPLACE_NORMS.get(type(block).__name__, ()):
+            norm = getattr(block, name, None)
+            if norm is None:
+                continue
+            own = norm.__dict__.get("forward")
+            inner = own or norm.forward
+
+            def forward(x, *args, _inner=inner, **kwargs):
+                return _inner(x.clone(), *args, **kwargs)
+
+            norm.forward = forward
+            patched.append((norm, forward, own))
+    return patched
+
+
+def _on_copies(inner, *args, **kwargs):
+    """Run a block on copies of its tensor inputs: the checkpoint keeps the originals for recomputation intact."""
+
+    def copy(v):
+        return v.clone() if isinstance(v, torch.Tensor) else v
+
+    return inner(*[copy(a) for a in args], **{k: copy(v) for k, v in kwargs.items()})
 
 
 def _checkpoint_blocks(diffusion_model) -> list:
@@ -276,6 +312,8 @@ def _checkpoint_blocks(diffusion_model) -> list:
         if type(module).__name__ in _BLOCK_NAMES:
             own = module.__dict__.get("forward")
             inner = own or module.forward
+            if type(module).__name__ in _INPLACE_NORMS:
+                inner = functools.partial(_on_copies, inner)
 
             def forward(*args, _inner=inner, **kwargs):
                 return torch.utils.checkpoint.checkpoint(_inner, *args, use_reentrant=False, **kwargs)
@@ -377,12 +415,13 @@ def _train(run: Run) -> TrainedLoRA:
     interrupted = False
     was_training = getattr(comfy.model_management, "in_training", False)
     requires = {n: p.requires_grad for n, p in base.named_parameters()}
-    bypass = checkpointed = None
+    bypass = checkpointed = copied = None
     try:
         comfy.model_management.in_training = True
         base.requires_grad_(False)
         _normal_tensors(base.diffusion_model)
         bypass = _Bypass(modules, factors)
+        copied = _copy_norm_inputs(base.diffusion_model)
         checkpointed = _checkpoint_blocks(base.diffusion_model) if s.gradient_checkpointing else []
         for step in range(start, s.steps):
             try:
@@ -415,7 +454,7 @@ def _train(run: Run) -> TrainedLoRA:
             if run.on_step is not None:
                 run.on_step(step + 1, value, factors)
     finally:
-        for module, forward, own in reversed(checkpointed or []):
+        for module, forward, own in [*reversed(checkpointed or []), *reversed(copied or [])]:
             if module.__dict__.get("forward") is forward:
                 if own is None:
                     del module.forward
