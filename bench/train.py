@@ -172,7 +172,7 @@ def measure(label: str, call, clock: StepClock, warmup: int, timed: int, gpu: bo
     if gpu:
         sync()
         torch.cuda.reset_peak_memory_stats()
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     with clock.watch(), PeakRSS() as rss:
         sync()
@@ -200,7 +200,7 @@ def measure(label: str, call, clock: StepClock, warmup: int, timed: int, gpu: bo
         "teardown_s": round(wall - (stamps[-1] - t0), 3),  # after the last optimizer step
         # machine load: 1-min load average before/after, and this process's CPU seconds per wall second (about
         # the thread count when it had the cores to itself; lower when other jobs took them)
-        "loadavg_before_after": [load_before, os.getloadavg()[0] if load_before is not None else None],
+        "loadavg_before_after": [load_before, round(os.getloadavg()[0], 2) if load_before is not None else None],
         "process_cpu_per_wall": round(cpu_s / wall, 2),
     }
     if gpu:
