@@ -76,6 +76,7 @@ __all__ = [
     "block_id",
     "parse_block_weights",
     "present_blocks",
+    "sort_key",
 ]
 
 # --- block ids of model keys ----------------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ class Layout:
 
 
 def _same_run(a: str, b: str) -> bool:
-    ka, kb = _sort_key(a), _sort_key(b)
+    ka, kb = sort_key(a), sort_key(b)
     return ka[0] == kb[0] and ka[0] in (1, 3, 4, 5) and kb[1] == ka[1] + 1
 
 
@@ -225,7 +226,7 @@ _GROUP_RANK = {"BASE": 0, "IN": 1, "MID": 2, "OUT": 3, "D": 4, "S": 5}
 _NUMBERED = re.compile(r"^(IN|OUT|D|S)(\d+)$")
 
 
-def _sort_key(bid: str) -> tuple[int, int]:
+def sort_key(bid: str) -> tuple[int, int]:
     m = _NUMBERED.match(bid)
     if m:
         return _GROUP_RANK[m.group(1)], int(m.group(2))
@@ -443,7 +444,7 @@ def _vector_warnings(blocks, present, layout: Layout, input_name: str) -> tuple[
     if present is None:
         return ()
     warnings = []
-    numbered = sorted((b for b in present if _group_of(b) is not None), key=_sort_key)
+    numbered = sorted((b for b in present if _group_of(b) is not None), key=sort_key)
     missing = [b for b in numbered if b not in blocks]
     if missing:
         full = max(ARCH_LAYOUTS[layout.arches[0]])
@@ -467,7 +468,7 @@ def _positional(text: str, values: list[float], present, input_name: str) -> Blo
             "to BASE and the LoRA's blocks, as the Inspire Pack does"
         )
         return BlockWeights(text, "positional", None, {"BASE": values[0]}, {}, 1.0, (warning,))
-    order = ["BASE", *sorted((b for b in present if _group_of(b) is not None), key=_sort_key)]
+    order = ["BASE", *sorted((b for b in present if _group_of(b) is not None), key=sort_key)]
     blocks = {bid: values[min(i, len(values) - 1)] for i, bid in enumerate(order)}
     note = ""
     if len(values) < len(order):
@@ -591,9 +592,9 @@ def _range(sel: str, arch: str, present, where: str) -> tuple[str, ...]:
         raise ValueError(f"{where}: {a} and {b} belong to different kinds of model (UNet IN/MID/OUT, FLUX D/S)")
     for bid in (a, b):
         _check_in_arch(bid, arch, where)
-    lo, hi = sorted((a, b), key=_sort_key)
+    lo, hi = sorted((a, b), key=sort_key)
     universe = set(_UNIVERSE.get(arch, ()))
     if arch not in _UNIVERSE:  # unknown architecture: every numbered block between the ends, up to two digits
         universe = {*_UNIVERSE["sd15"], *_UNIVERSE["flux"], *_ids("IN", range(100)), *_ids("OUT", range(100))}
     universe |= {p for p in (present or ()) if _group_of(p) is not None}
-    return tuple(sorted((x for x in universe if _sort_key(lo) <= _sort_key(x) <= _sort_key(hi)), key=_sort_key))
+    return tuple(sorted((x for x in universe if sort_key(lo) <= sort_key(x) <= sort_key(hi)), key=sort_key))

@@ -4,7 +4,9 @@ from comfy_api.latest import ComfyExtension, io
 
 from .dataset import LoomLoadTrainingImages
 from .info import LoomLoraInfo
+from .interference_node import LoomBalanceStack, LoomLoraInterference
 from .loader import LoomLoraLoader
+from .lora_utilities import LoomConvertLora, LoomExtractLora, LoomMergeLoras, LoomResizeLora
 from .save_lora import LoomSaveLora
 from .schedule_node import LoomLoraSchedule
 from .schedule_stack import LoomScheduleLora
@@ -20,6 +22,12 @@ NODES: list[type[io.ComfyNode]] = [
     LoomLoadTrainingImages,
     LoomTrainLora,
     LoomSaveLora,
+    LoomLoraInterference,
+    LoomBalanceStack,
+    LoomMergeLoras,
+    LoomResizeLora,
+    LoomConvertLora,
+    LoomExtractLora,
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -80,3 +81,23 @@ def load(name: str, input_name: str = "lora_name") -> formats.ParsedLoRA:
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return parsed
+
+
+_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def sha256(name: str, input_name: str = "lora_name") -> str:
+    """The file's sha256 (hex), read once per (path, size, mtime): merged files name their sources by it."""
+    path = resolve(name, input_name)
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    with _lock:
+        if key in _hashes:
+            return _hashes[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    with _lock:
+        _hashes[key] = digest.hexdigest()
+    return _hashes[key]

@@ -541,6 +541,20 @@ def _match(spec: LoraSpec, infos: Sequence[_ModelInfo]) -> keymap.KeyMatch:
     return match
 
 
+def match_spec(spec: LoraSpec, model, clip=None) -> keymap.KeyMatch:
+    """One LoRA's key match against a MODEL and/or CLIP, exactly as :func:`apply_stack` makes it (cached)."""
+    infos = [_info(p) for p in (model, clip.patcher if clip is not None else None) if p is not None]
+    return _match(spec, infos)
+
+
+def original_weight(patcher, key: str) -> torch.Tensor:
+    """The weight ``key`` as loaded from the checkpoint, even while a merge (Loom's or core's) is resident:
+    ComfyUI keeps the original of every weight it or Loom wrote in place in the patcher's ``backup``."""
+    backup = getattr(patcher, "backup", None) or {}
+    weight = backup[key].weight if key in backup else comfy.utils.get_attr(patcher.model, key)
+    return weight.detach()
+
+
 def _apply_to(patcher, patches: Sequence[keymap.Patch], strength: float, block_weight, fast: bool) -> int:
     """Add one LoRA's patches for this patcher; returns the number of weights it patches."""
     own_keys = _info(patcher).keys

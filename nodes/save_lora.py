@@ -1,9 +1,11 @@
-"""Loom Save LoRA: a trained LoRA as a kohya-format safetensors file in ComfyUI's `loras` folder.
+"""Loom Save LoRA: a trained LoRA, or a LoRA utility's result, as a kohya-format safetensors file in ComfyUI's
+`loras` folder.
 
-The file (``lora_unet_…`` names, ``.alpha`` per module, ``ss_*`` / ``modelspec.*`` / ``loom_*`` metadata) loads in
-ComfyUI's LoraLoader, LoRA Loom's loaders, A1111/Forge and kohya's tools; it lands in the first `loras` folder so
-every loader lists it right away. Beside it, ``<name>.loom-state`` keeps the fp32 factors and the optimizer state
-for resuming. The work is ``lora_math.train.export``; this node validates the inputs and picks the path.
+The file (``lora_unet_…`` / ``lora_te…`` names, ``.alpha`` per module, ``ss_*`` / ``modelspec.*`` / ``loom_*``
+metadata) loads in ComfyUI's LoraLoader, LoRA Loom's loaders, A1111/Forge and kohya's tools; it lands in the first
+`loras` folder so every loader lists it right away. Beside a trained LoRA, ``<name>.loom-state`` keeps the fp32
+factors and the optimizer state for resuming (utilities' results have none). The work is ``lora_math.train.export``;
+this node validates the inputs and picks the path.
 """
 
 from __future__ import annotations
@@ -67,10 +69,30 @@ def _model_keys(lora) -> list[str] | None:
 
 
 def _check_lora(lora) -> None:
-    if lora is None or not all(hasattr(lora, a) for a in ("modules", "alpha", "rank", "arch", "base")):
-        raise ValueError(f"lora: expected the LORA from Loom Train LoRA, got {type(lora).__name__}")
+    if lora is None or not all(hasattr(lora, a) for a in ("modules", "alpha", "rank", "arch", "base", "operation")):
+        raise ValueError(
+            f"lora: expected a LOOM_LORA from Loom Train LoRA or a Loom LoRA utility node, got {type(lora).__name__}"
+        )
     if not lora.modules:
-        raise ValueError("lora: the LoRA holds no trained modules; nothing to save")
+        raise ValueError("lora: the LoRA holds no modules; nothing to save")
+
+
+def _made_by(lora) -> str:
+    """What a utility made: ``merge of 3 LoRAs``, ``extract of 2 models`` …; "" for a trained LoRA."""
+    if lora.operation == "train":
+        return ""
+    n = len(lora.sources)
+    noun = "model" if lora.operation == "extract" else "LoRA"
+    return f"{lora.operation} of {n} {noun}{'' if n == 1 else 's'}"
+
+
+def _rank_alpha(lora) -> str:
+    """``rank 4, alpha 8`` for a trained LoRA (or any LoRA of one rank and alpha); ranges when modules differ."""
+    ranks = sorted({lora.rank_of(k) for k in lora.modules}) if lora.operation != "train" else [lora.rank]
+    alphas = sorted({lora.alpha_of(k) for k in lora.modules}) if lora.operation != "train" else [lora.alpha]
+    rank = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}-{ranks[-1]}"
+    alpha = f"alpha {alphas[0]:g}" if len(alphas) == 1 else f"alphas {alphas[0]:g}-{alphas[-1]:g}"
+    return f"{rank}, {alpha}"
 
 
 class LoomSaveLora(io.ComfyNode):
@@ -80,12 +102,17 @@ class LoomSaveLora(io.ComfyNode):
             node_id="LoomSaveLora",
             display_name="Loom Save LoRA",
             category="loom/train",
-            description="Save a trained LoRA as a kohya-format .safetensors file (with training metadata, trigger "
-            "words and provenance) in the `loras` folder, where every LoRA loader finds it. A resume file "
-            "(<name>.loom-state: fp32 factors and optimizer state) is written beside it.",
+            description="Save a trained LoRA, or the result of a Loom LoRA utility (merge, resize, extract, "
+            "convert), as a kohya-format .safetensors file (with metadata, trigger words and provenance) in the "
+            "`loras` folder, where every LoRA loader finds it. Beside a trained LoRA a resume file "
+            "(<name>.loom-state: fp32 factors and optimizer state) is written.",
             is_output_node=True,
             inputs=[
-                io.Custom("LOOM_LORA").Input("lora", tooltip="The LoRA from Loom Train LoRA."),
+                io.Custom("LOOM_LORA").Input(
+                    "lora",
+                    tooltip="The LoRA from Loom Train LoRA or from a Loom LoRA utility node (merge, resize, extract, "
+                    "convert).",
+                ),
                 io.String.Input(
                     "filename_prefix",
                     default=DEFAULT_PREFIX,
@@ -106,7 +133,7 @@ class LoomSaveLora(io.ComfyNode):
                     options=list(DTYPES),
                     default="fp16",
                     optional=True,
-                    tooltip="Precision of the saved factors (the resume file always keeps fp32).",
+                    tooltip="Precision of the saved factors (a trained LoRA's resume file always keeps fp32).",
                 ),
             ],
             outputs=[
@@ -143,10 +170,16 @@ class LoomSaveLora(io.ComfyNode):
         path = root.joinpath(*rel.split("/"))
 
         keys = _model_keys(lora)
-        if keys is None and lora.arch in ("sd15", "sd2"):
+        unet = any(k.startswith(export.UNET_PREFIX) for k in lora.modules)
+        if keys is None and unet and lora.arch in ("sd15", "sd2"):
+            again = (
+                "train it again with the current Loom Train LoRA"
+                if lora.operation == "train"
+                else f"run the Loom LoRA utility ({lora.operation}) again with the current LoRA Loom"
+            )
             raise ValueError(
                 "lora: this LoRA carries no list of the model's weight keys (base['model_keys']), which SD1.x/SD2 "
-                "names need; train it again with the current Loom Train LoRA"
+                f"names need; {again}"
             )
         names = export.kohya_names(lora.modules, lora.arch, keys)
         export.save(path, lora, names, scope, PurePosixPath(rel).stem, overwrite=overwrite, dtype=DTYPES[save_dtype])
@@ -156,9 +189,13 @@ class LoomSaveLora(io.ComfyNode):
         shown = os.path.join(*rel.split("/"))  # as ComfyUI's loader lists name it on this system
         size = path.stat().st_size
         text = (
-            f"saved {shown} ({len(lora.modules)} modules, rank {lora.rank}, alpha {lora.alpha:g}, {save_dtype}, "
-            f"{size / 2**20:.1f} MiB) in {root}; resume state: {export.state_path(path).name}"
+            f"saved {shown} ({len(lora.modules)} modules, {_rank_alpha(lora)}, {save_dtype}, "
+            f"{size / 2**20:.1f} MiB) in {root}"
         )
+        if lora.operation == "train":
+            text += f"; resume state: {export.state_path(path).name}"
+        else:
+            text += f"; {_made_by(lora)}"
         if lora.interrupted:
             text += f"; training was interrupted at step {lora.step}"
         return io.NodeOutput(shown, [LoraStackEntry(shown, 1.0, 1.0)], ui=ui.PreviewText(text))

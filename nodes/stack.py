@@ -212,6 +212,29 @@ def _label(item: StackItem) -> str:
     return text + (f", blocks {item.blocks.strip()!r})" if item.blocks.strip() else ")")
 
 
+def build_specs(model, clip, items: list[StackItem]) -> tuple[list[patching.LoraSpec], list, list[str]]:
+    """Stack items -> (LoRA specs, per item its spec index and label or a skip line, block-weight warnings)."""
+    keys, arch = None, None
+    specs, order, warnings = [], [], []  # order: per item, its report line or the index of its spec
+    for item in items:
+        if item.model == 0 and (clip is None or item.clip == 0):
+            order.append(f"{_label(item)}: strengths are 0, skipped")
+            continue
+        parsed = lora_files.load(item.name, item.where)
+        weights = None
+        if item.blocks.strip():
+            if keys is None:
+                keys = patching.model_keys(model, clip)
+                arch = blocks.arch_of(keys)
+            weights = _block_weights(item, parsed, keys, arch)
+            warnings.extend(weights.warnings)
+        block_weight = None if weights is None or weights.is_identity else weights
+        order.append((len(specs), _label(item)))
+        schedule = parse_item_schedule(item)
+        specs.append(patching.LoraSpec(item.name, parsed, item.model, item.clip, block_weight, item.where, schedule))
+    return specs, order, warnings
+
+
 class LoomLoraStack(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -278,26 +301,7 @@ class LoomLoraStack(io.ComfyNode):
         out_stack = [LoraStackEntry(i.name, i.model, i.clip, i.blocks, i.schedule) for i in items]
         if not items:
             return io.NodeOutput(model, clip, out_stack, "nothing enabled: model and clip unchanged")
-        keys, arch = None, None
-        specs, order, warnings = [], [], []  # order: per item, its report line or the index of its spec
-        for item in items:
-            if item.model == 0 and (clip is None or item.clip == 0):
-                order.append(f"{_label(item)}: strengths are 0, skipped")
-                continue
-            parsed = lora_files.load(item.name, item.where)
-            weights = None
-            if item.blocks.strip():
-                if keys is None:
-                    keys = patching.model_keys(model, clip)
-                    arch = blocks.arch_of(keys)
-                weights = _block_weights(item, parsed, keys, arch)
-                warnings.extend(weights.warnings)
-            block_weight = None if weights is None or weights.is_identity else weights
-            order.append((len(specs), _label(item)))
-            schedule = parse_item_schedule(item)
-            specs.append(
-                patching.LoraSpec(item.name, parsed, item.model, item.clip, block_weight, item.where, schedule)
-            )
+        specs, order, warnings = build_specs(model, clip, items)
         new_model, new_clip, reports = patching.apply_stack(model, clip, specs)
         lines = []
         for n, entry in enumerate(order, 1):

@@ -64,6 +64,16 @@ _PREDICTION = {
 
 def family(base_model) -> tuple[str, str]:
     """(``sd15`` | ``sdxl`` | ``flux`` | ``sd3``, prediction) of a ComfyUI BaseModel; ValueError names ``model``."""
+    arch = arch_of(base_model)
+    prediction = _PREDICTION.get(base_model.model_type)
+    if prediction is None:
+        raise ValueError(f"model: prediction type {base_model.model_type.name} is not supported for training")
+    return arch, prediction
+
+
+def arch_of(base_model) -> str:
+    """``sd15`` | ``sdxl`` | ``flux`` | ``sd3`` of a ComfyUI BaseModel (SD2 UNets name like SD1); ValueError names
+    ``model``."""
     names = {n for n, _ in base_model.diffusion_model.named_modules()}
     if any(n.startswith("double_blocks.") for n in names):
         arch = "flux"
@@ -74,13 +84,10 @@ def family(base_model) -> tuple[str, str]:
         arch = "sdxl" if context == 2048 or isinstance(base_model, comfy.model_base.SDXL) else "sd15"
     else:
         raise ValueError(
-            f"model: {type(base_model).__name__} is not a model family the trainer knows (SD1.x/SD2 and SDXL UNets, "
-            "FLUX, SD3); load one of those"
+            f"model: {type(base_model).__name__} is not a model family LoRA Loom trains or saves LoRAs for "
+            "(SD1.x/SD2 and SDXL UNets, FLUX, SD3); load one of those"
         )
-    prediction = _PREDICTION.get(base_model.model_type)
-    if prediction is None:
-        raise ValueError(f"model: prediction type {base_model.model_type.name} is not supported for training")
-    return arch, prediction
+    return arch
 
 
 def target_modules(base_model, arch: str, target: str) -> dict[str, torch.nn.Module]:

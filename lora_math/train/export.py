@@ -1,5 +1,6 @@
-"""Saving a trained LoRA so every other tool loads it: kohya names, ``ss_*`` / ``modelspec.*`` metadata, atomic write,
-and a resume file with the fp32 masters and the optimizer state.
+"""Saving a trained LoRA, or a LoRA utility's result (merge, resize, extract, convert), so every other tool loads it:
+kohya names, ``ss_*`` / ``modelspec.*`` metadata, atomic write, and for a trained LoRA a resume file with the fp32
+masters and the optimizer state.
 
 Names (what kohya's sd-scripts writes, checked against real files in the tests):
 
@@ -11,12 +12,16 @@ Names (what kohya's sd-scripts writes, checked against real files in the tests):
   (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``, ``lora_unet_double_blocks_0_img_attn_qkv``,
   ``lora_unet_single_blocks_0_linear1``, ``lora_unet_joint_blocks_0_x_block_attn_qkv``): sd-scripts trains those
   families on the original (SGM/BFL/MMDiT) module tree.
+- CLIP text encoders (ComfyUI CLIP patcher keys ``clip_l.transformer.text_model.encoder.layers.N.…``):
+  ``lora_te_`` + the path for SD1.x (clip_l) / SD2 (clip_h), ``lora_te1_`` / ``lora_te2_`` for SDXL's and SD3's
+  clip_l / clip_g and FLUX's clip_l; only the encoder layers' attention and MLP projections. T5 has no kohya name.
 
-Every module gets ``NAME.lora_down.weight [r, in]``, ``NAME.lora_up.weight [out, r]`` in the save dtype and
-``NAME.alpha`` (a 0-dim fp32 tensor: kohya writes it in the save dtype, but an alpha such as 7.3 would then change in
-bf16, and every reader takes ``alpha.item()`` whatever the dtype).
+Every module gets ``NAME.lora_down.weight`` (``[r, in]``, conv ``[r, in, kh, kw]``), ``NAME.lora_up.weight``
+(``[out, r]``, conv ``[out, r, 1, 1]``) in the save dtype and ``NAME.alpha`` (a 0-dim fp32 tensor: kohya writes it in
+the save dtype, but an alpha such as 7.3 would then change in bf16, and every reader takes ``alpha.item()`` whatever
+the dtype); ranks and alphas may differ per module (``TrainedLoRA.alpha_of``).
 
-The resume file ``<stem>.loom-state`` (next to ``<stem>.safetensors``) is a safetensors file, never a pickle. Its
+The resume file ``<stem>.loom-state`` (next to ``<stem>.safetensors``; trained LoRAs only) is a safetensors file, never a pickle. Its
 extension is deliberately not ``.safetensors`` so no LoRA list (ComfyUI, A1111, Forge …) offers it as a LoRA. It holds:
 
 - ``module.{i}.down`` / ``module.{i}.up``: the exact fp32 factors of module ``i`` (``param_keys[i]`` in the JSON);
@@ -54,7 +59,9 @@ from .result import TrainedLoRA
 
 __all__ = [
     "STATE_SUFFIX",
+    "TEXT_ENCODER_PREFIXES",
     "ResumeState",
+    "describe",
     "kohya_names",
     "load_resume_state",
     "load_trained",
@@ -98,7 +105,7 @@ def _arch(arch: str) -> _Arch:
 
 
 def _module_path(key: str) -> str:
-    """``diffusion_model.X.weight`` -> ``X``; ValueError for anything else (text encoder keys are not trained)."""
+    """``diffusion_model.X.weight`` -> ``X``; ValueError for anything else."""
     if not key.startswith(UNET_PREFIX) or not key.endswith(".weight"):
         raise ValueError(
             f"{key}: not a denoiser weight key (diffusion_model.….weight); only UNet/DiT weights can be saved"
@@ -109,8 +116,48 @@ def _module_path(key: str) -> str:
 # --- names ----------------------------------------------------------------------------------------------------------
 
 
+# kohya prefix of each CLIP text encoder, by arch, as sd-scripts names them (``lora_te_`` for the single text encoder
+# of SD1.x/SD2, ``lora_te1_``/``lora_te2_`` for SDXL's CLIP-L/CLIP-G, lora_flux/lora_sd3's ``lora_te1_``/``lora_te2_``)
+# and as ComfyUI's ``model_lora_keys_clip`` maps them back. T5 and other encoders have no kohya names here.
+TEXT_ENCODER_PREFIXES: dict[str, dict[str, str]] = {
+    "sd15": {"clip_l": "lora_te_"},
+    "sd2": {"clip_h": "lora_te_"},
+    "sdxl": {"clip_l": "lora_te1_", "clip_g": "lora_te2_"},
+    "flux": {"clip_l": "lora_te1_"},
+    "sd3": {"clip_l": "lora_te1_", "clip_g": "lora_te2_"},
+}
+# The CLIP weights kohya names (sd-scripts targets CLIPAttention and CLIPMLP; ComfyUI's LORA_CLIP_MAP): ComfyUI loads
+# ``lora_te…`` names for these and nothing else.
+_CLIP_LAYER = re.compile(r"text_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])")
+
+
+def _text_encoder_name(key: str, arch: str) -> str:
+    """``clip_l.transformer.text_model.encoder.layers.N.self_attn.q_proj.weight`` -> the kohya name for ``arch``."""
+    encoder, _, rest = key.partition(".transformer.")
+    prefixes = TEXT_ENCODER_PREFIXES[arch]
+    if not rest or "." in encoder or encoder not in prefixes:
+        known = ", ".join(f"{e}.transformer.…" for e in prefixes)
+        what = f"{encoder!r}" if rest and "." not in encoder else "that encoder"
+        raise ValueError(
+            f"{key}: not a denoiser weight key (diffusion_model.….weight) nor a text encoder key this {arch} LoRA can "
+            f"name ({known}); text-encoder LoRA for {what} cannot be saved in kohya format"
+        )
+    path = rest.removesuffix(".weight")
+    if not rest.endswith(".weight") or not _CLIP_LAYER.fullmatch(path):
+        raise ValueError(
+            f"{key}: kohya text-encoder names cover only the CLIP encoder layers' self_attn q/k/v/out_proj and mlp "
+            "fc1/fc2 weights; text-encoder LoRA on other weights cannot be saved in kohya format"
+        )
+    return prefixes[encoder] + path.replace(".", "_")
+
+
 def kohya_names(model_keys: Iterable[str], arch: str, all_model_keys: Iterable[str] | None = None) -> dict[str, str]:
-    """``{ComfyUI model key: kohya module name}`` for the keys of ``model_keys`` (``diffusion_model.….weight``).
+    """``{ComfyUI model key: kohya module name}`` for the keys of ``model_keys``.
+
+    Denoiser keys (``diffusion_model.….weight``) get ``lora_unet_…`` names. CLIP keys as ComfyUI's CLIP patcher names
+    them (``clip_l.transformer.text_model.encoder.layers.N.self_attn.q_proj.weight``, ``….mlp.fc1.weight`` …) get
+    ``lora_te_…`` (sd15: clip_l, sd2: clip_h), ``lora_te1_…`` (sdxl, sd3, flux: clip_l) or ``lora_te2_…`` (sdxl,
+    sd3: clip_g); any other key (t5xxl, unknown prefixes) is a ValueError naming it.
 
     ``all_model_keys``: every weight key of the model (``model.model.state_dict()`` keys; biases and norms welcome).
     SD1.x/SD2 names need it: the diffusers numbering depends on the resnets and downsamplers around the targeted
@@ -119,11 +166,20 @@ def kohya_names(model_keys: Iterable[str], arch: str, all_model_keys: Iterable[s
     """
     _arch(arch)
     keys = list(dict.fromkeys(model_keys))
-    paths = {k: _module_path(k) for k in keys}
+    out = {k: _text_encoder_name(k, arch) for k in keys if not k.startswith(UNET_PREFIX)}
+    paths = {k: _module_path(k) for k in keys if k.startswith(UNET_PREFIX)}
     if arch not in _DIFFUSERS_NAMED:
-        return {k: "lora_unet_" + p.replace(".", "_") for k, p in paths.items()}
+        out |= {k: "lora_unet_" + p.replace(".", "_") for k, p in paths.items()}
+    elif paths:
+        out |= _diffusers_names(paths, arch, keys if all_model_keys is None else list(all_model_keys))
+    out = {k: out[k] for k in keys}  # in the order given
+    if len(set(out.values())) != len(out):
+        raise ValueError(f"two {arch} modules got the same kohya name; the model key list is inconsistent")
+    return out
 
-    layout_keys = list(all_model_keys) if all_model_keys is not None else keys
+
+def _diffusers_names(paths: Mapping[str, str], arch: str, layout_keys: list[str]) -> dict[str, str]:
+    """``lora_unet_`` + the diffusers path of each SD1.x/SD2 UNet module (``paths``: key -> LDM module path)."""
     layout = {re.sub(r"\.(weight|bias)$", "", k[len(UNET_PREFIX) :]) for k in layout_keys if k.startswith(UNET_PREFIX)}
     if any(p.startswith("input_blocks.") for p in layout) and not any(re.search(r"\.0\.op$", p) for p in layout):
         raise ValueError(
@@ -138,8 +194,6 @@ def kohya_names(model_keys: Iterable[str], arch: str, all_model_keys: Iterable[s
         if target is None:
             raise ValueError(f"{key}: no diffusers name for this {arch} UNet module; is the arch right?")
         out[key] = "lora_unet_" + target.replace(".", "_")
-    if len(set(out.values())) != len(out):
-        raise ValueError(f"two {arch} modules got the same kohya name; the model key list is inconsistent")
     return out
 
 
@@ -159,8 +213,26 @@ def _cast(name: str, t: Tensor, dtype: torch.dtype) -> Tensor:
     return cast
 
 
+def _check_factors(key: str, down: Tensor, up: Tensor) -> None:
+    """ValueError naming ``key`` unless ``down``/``up`` are kohya LoRA factors: linear or conv (LoCon)."""
+    expected = "down [r, in] and up [out, r] (linear) or down [r, in, kh, kw] and up [out, r, 1, 1] (conv)"
+    if (
+        down.ndim != up.ndim
+        or down.ndim not in (2, 4)
+        or down.shape[0] != up.shape[1]
+        or down.shape[0] == 0
+        or any(d != 1 for d in up.shape[2:])
+    ):
+        raise ValueError(f"{key}: factors must be {expected}; got {list(down.shape)} and {list(up.shape)}")
+
+
 def to_state_dict(lora: TrainedLoRA, names: Mapping[str, str], dtype: torch.dtype = torch.float16) -> dict[str, Tensor]:
-    """kohya tensors: ``NAME.lora_down.weight``, ``NAME.lora_up.weight`` (``dtype``), ``NAME.alpha`` (0-dim fp32)."""
+    """kohya tensors: ``NAME.lora_down.weight``, ``NAME.lora_up.weight`` (``dtype``), ``NAME.alpha`` (0-dim fp32).
+
+    Factors are written as given: linear ``down [r, in]``, ``up [out, r]``, or conv (LoCon) ``down [r, in, kh, kw]``,
+    ``up [out, r, 1, 1]``; ``NAME.alpha`` is ``lora.alpha_of(key)`` (each module's own alpha when ``module_alpha``
+    gives one), so ``ΔW = alpha / r · up @ down`` for every module whatever its rank.
+    """
     if not lora.modules:
         raise ValueError("lora: the LoRA holds no modules; nothing to save")
     out: dict[str, Tensor] = {}
@@ -168,13 +240,10 @@ def to_state_dict(lora: TrainedLoRA, names: Mapping[str, str], dtype: torch.dtyp
         name = names.get(key)
         if name is None:
             raise ValueError(f"{key}: no kohya name for this module (names were made for another model?)")
-        if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
-            raise ValueError(
-                f"{key}: factors must be down [r, in] and up [out, r]; got {list(down.shape)} and {list(up.shape)}"
-            )
+        _check_factors(key, down, up)
         for part, t in (("lora_down", down), ("lora_up", up)):
             out[f"{name}.{part}.weight"] = _cast(f"{key} {part}", t, dtype)
-        out[f"{name}.alpha"] = torch.tensor(float(lora.alpha), dtype=torch.float32)
+        out[f"{name}.alpha"] = torch.tensor(lora.alpha_of(key), dtype=torch.float32)
     return out
 
 
@@ -253,7 +322,12 @@ def metadata(
     trigger words (``modelspec.trigger_phrase`` and ``loom_trigger_words``) and provenance (``loom_*``: base model
     weights' sha256, dataset hash, training settings, the free-text scope, interrupted, pack version).
     ``started_at``/``finished_at`` (Unix seconds) default to ``lora.settings['started_at' / 'finished_at']``.
+
+    A utility's result (``lora.operation`` other than ``train``) gets :func:`_utility_metadata` instead: no training
+    keys, its operation, sources and details.
     """
+    if lora.operation != "train":
+        return _utility_metadata(lora, scope, name, finished_at=finished_at)
     spec = _arch(lora.arch)
     settings, dataset, base = dict(lora.settings), dict(lora.dataset), dict(lora.base)
     started_at = _timestamp(started_at if started_at is not None else settings.get("started_at"))
@@ -320,6 +394,89 @@ def metadata(
     if lora.arch in ("sd15", "sd2"):
         md["ss_v2"] = lora.arch == "sd2"
     return {k: str(v) for k, v in md.items() if v is not None}  # bools as kohya writes them: "True"/"False"
+
+
+def _strengths(source: Mapping[str, Any]) -> str:
+    model, clip = source.get("strength_model"), source.get("strength_clip")
+    if not isinstance(model, int | float) or isinstance(model, bool):
+        return ""
+    if isinstance(clip, int | float) and not isinstance(clip, bool) and clip != model and clip != 0:
+        return f" ({model:g}, clip {clip:g})"
+    return f" ({model:g})"
+
+
+def describe(lora: TrainedLoRA) -> str:
+    """One line saying what a utility made, from its sources: ``merge of style.safetensors (0.8), char.safetensors
+    (0.5)``, ``resize of style.safetensors to rank 16 (energy 0.9)``, ``extract of tuned.safetensors against
+    base.safetensors``, ``convert of a.safetensors (lycoris-loha) to LoRA``; "" for a trained LoRA."""
+    op = lora.operation
+    if op == "train":
+        return ""
+    sources = [dict(s) for s in lora.sources]
+    names = [str(s.get("name") or "?") for s in sources]
+    if op == "merge":
+        return "merge of " + ", ".join(n + _strengths(s) for n, s in zip(names, sources, strict=True))
+    if op == "extract":
+        tuned = [n for n, s in zip(names, sources, strict=True) if s.get("role") != "base"]
+        base = [n for n, s in zip(names, sources, strict=True) if s.get("role") == "base"]
+        return f"extract of {', '.join(tuned) or '?'}" + (f" against {', '.join(base)}" if base else "")
+    text = f"{op} of {', '.join(names)}" if names else op
+    if op == "resize":
+        ranks = sorted({lora.rank_of(k) for k in lora.modules})
+        if ranks:
+            text += f" to rank {ranks[0]}" if len(ranks) == 1 else f" to ranks {ranks[0]}-{ranks[-1]}"
+        rule = lora.notes.get("rank_rule")
+        text += f" ({rule})" if rule else ""
+    elif op == "convert":
+        formats = sorted({str(s["format"]) for s in sources if s.get("format")})
+        text += (f" ({', '.join(formats)})" if formats else "") + " to LoRA"
+    return text
+
+
+def _utility_metadata(lora: TrainedLoRA, scope: str, name: str, *, finished_at: float | None) -> dict[str, str]:
+    """The header of a utility's result: kohya ``ss_*`` network keys (``Dynamic`` dim/alpha when modules differ, as
+    sd-scripts' resize_lora.py writes), ``modelspec.*`` (the arch's default resolution) and ``loom_operation``,
+    ``loom_sources`` (JSON list), ``loom_operation_details`` (JSON of ``notes``); no training keys."""
+    spec = _arch(lora.arch)
+    base, dataset = dict(lora.base), dict(lora.dataset)
+    finished_at = _timestamp(finished_at)
+    when = datetime.datetime.fromtimestamp(finished_at) if finished_at is not None else datetime.datetime.now()
+    trigger = _trigger(dataset)
+    scope = (scope or "").strip()
+    comment = scope or describe(lora)
+    ranks = {lora.rank_of(k) for k in lora.modules}
+    alphas = {lora.alpha_of(k) for k in lora.modules}
+    dynamic = len(ranks) > 1 or len(alphas) > 1
+    md: dict[str, Any] = {
+        "ss_base_model_version": spec.ss_version,
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": "Dynamic" if dynamic else next(iter(ranks), int(lora.rank)),
+        "ss_network_alpha": "Dynamic" if dynamic else next(iter(alphas), float(lora.alpha)),
+        "ss_training_comment": comment,
+        "ss_output_name": name,
+        "ss_sd_model_name": _first(base, "name"),
+        "modelspec.sai_model_spec": _SPEC_VERSION,
+        "modelspec.architecture": f"{_architecture(lora)}/lora",
+        "modelspec.implementation": spec.implementation,
+        "modelspec.title": name,
+        "modelspec.date": when.replace(microsecond=0).isoformat(),
+        "modelspec.resolution": f"{spec.resolution}x{spec.resolution}",
+        "modelspec.description": comment or None,
+        "modelspec.trigger_phrase": trigger or None,
+        "modelspec.usage_hint": f"put '{trigger}' in the prompt" if trigger else None,
+        "modelspec.prediction_type": _prediction(lora),
+        "loom_version": _pack_version(),
+        "loom_arch": lora.arch,
+        "loom_trigger_words": trigger or None,
+        "loom_scope": scope,
+        "loom_base_model_sha256": _first(base, "sha256"),
+        "loom_operation": lora.operation,
+        "loom_sources": _json(_json_safe(list(lora.sources))),
+        "loom_operation_details": _json(_json_safe(dict(lora.notes))),
+    }
+    if lora.arch in ("sd15", "sd2"):
+        md["ss_v2"] = lora.arch == "sd2"
+    return {k: str(v) for k, v in md.items() if v is not None}
 
 
 def _prediction(lora: TrainedLoRA) -> str | None:
@@ -417,6 +574,8 @@ def _resume_payload(lora: TrainedLoRA) -> tuple[dict[str, Tensor], dict[str, str
         "base": _json_safe({k: v for k, v in lora.base.items() if k not in ("model_keys", "module_paths")}),
         "interrupted": bool(lora.interrupted),
     }
+    if lora.module_alpha is not None:
+        doc["module_alpha"] = {str(k): float(v) for k, v in lora.module_alpha.items()}
     return tensors, {"loom_resume": json.dumps(doc, default=str)}
 
 
@@ -482,6 +641,7 @@ def load_trained(path: str | os.PathLike) -> TrainedLoRA:
         loss_history=history.tolist() if history is not None else [],
         optimizer_state=resumed.optimizer_state,
         interrupted=bool(doc.get("interrupted")),
+        module_alpha=doc.get("module_alpha"),
     )
 
 
@@ -538,11 +698,14 @@ def save(
     started_at: float | None = None,
     finished_at: float | None = None,
 ) -> Path:
-    """Write ``path`` (kohya safetensors) and its resume file ``<stem>.loom-state`` atomically; returns ``path``.
+    """Write ``path`` (kohya safetensors) and, for a trained LoRA, its resume file ``<stem>.loom-state`` atomically;
+    returns ``path``.
 
-    Both files are serialised in memory first and written to hidden temp files in the target folder, fsynced, then
+    The files are serialised in memory first and written to hidden temp files in the target folder, fsynced, then
     renamed into place; on any error the temp files are removed and no half-written file is left. An existing
     ``path`` is refused (FileExistsError naming ``filename_prefix`` / ``overwrite``) unless ``overwrite``.
+    A utility's result (``lora.operation`` other than ``train``) gets no resume file and no ``loom_resume_file``
+    header; when it overwrites a trained LoRA, that LoRA's resume file (which no longer matches) is removed.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -550,28 +713,36 @@ def save(
     folder = path.parent
     if not overwrite and path.exists():
         raise _exists_error(path)
+    trained = lora.operation == "train"
     tensors = to_state_dict(lora, names, dtype)
     header = metadata(lora, scope, name, started_at=started_at, finished_at=finished_at)
-    header["loom_resume_file"] = state_path(path).name
+    if trained:
+        header["loom_resume_file"] = state_path(path).name
     main_bytes = st_save(tensors, metadata=header)
-    state_tensors, state_header = _resume_payload(lora)
-    state_bytes = st_save(state_tensors, metadata=state_header)
-    del tensors, state_tensors
+    state_bytes: bytes | None = None
+    if trained:
+        state_tensors, state_header = _resume_payload(lora)
+        state_bytes = st_save(state_tensors, metadata=state_header)
+        del state_tensors
+    del tensors
 
     folder.mkdir(parents=True, exist_ok=True)
     sidecar = state_path(path)
+    replaced = overwrite and path.exists()
     temps: list[Path] = []
     committed: Path | None = None
     try:
         temps.append(_write_temp(folder, path.name, main_bytes))
-        temps.append(_write_temp(folder, sidecar.name, state_bytes))
-        main_tmp, state_tmp = temps
+        if state_bytes is not None:
+            temps.append(_write_temp(folder, sidecar.name, state_bytes))
+        main_tmp = temps[0]
         if overwrite:
             os.replace(main_tmp, path)
         else:
             _commit_new(main_tmp, path)
         committed = path
-        os.replace(state_tmp, sidecar)
+        if state_bytes is not None:
+            os.replace(temps[1], sidecar)
         committed = None
     except BaseException:
         for tmp in temps:
@@ -581,4 +752,7 @@ def save(
             with contextlib.suppress(OSError):
                 os.unlink(committed)
         raise
+    if state_bytes is None and replaced:  # the replaced LoRA's resume state would resume something else
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sidecar)
     return path

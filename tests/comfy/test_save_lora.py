@@ -148,6 +148,62 @@ def test_saved_lora_loads_in_core_and_loom_with_the_trained_weights(pack, sd15, 
     assert all(torch.equal(after[k], original[k]) for k in original)  # the input model is untouched
 
 
+def test_utility_lora_with_a_unet_and_a_clip_module_loads_in_core(pack, sd15, loras_dir, caplog):
+    """A merge result (no training) holding one UNet and one CLIP module, each with its own rank and alpha: saved
+    through the node, ComfyUI core's loader takes every key and patches both weights with ``W + alpha / r · up @
+    down``; no resume file is written."""
+    import comfy.sd
+    import comfy.utils
+
+    result = importlib.import_module(f"{pack.__name__}.lora_math.train.result")
+    model, clip, _ = sd15
+    unet_state, clip_state = model.model.state_dict(), clip.patcher.model.state_dict()
+    unet_key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    clip_key = "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"
+    originals = {unet_key: unet_state[unet_key].detach().clone(), clip_key: clip_state[clip_key].detach().clone()}
+    gen = torch.Generator().manual_seed(7)
+    modules = {}
+    for (key, w), rank in zip(originals.items(), (4, 2), strict=True):
+        modules[key] = (torch.randn(rank, w.shape[1], generator=gen), torch.randn(w.shape[0], rank, generator=gen))
+    sources = tuple({"name": f"{n}.safetensors", "strength_model": 0.5, "role": "lora"} for n in ("a", "b", "c"))
+    lora = result.TrainedLoRA(
+        modules, 8.0, 4, "sd15", base={"name": "loom-tiny-sd15.safetensors", "model_keys": list(unet_state)},
+        module_alpha={unet_key: 8.0, clip_key: 0.5}, operation="merge", sources=sources, notes={"modules": 2},
+    )  # fmt: skip
+
+    out = save(pack, lora, prefix="loom/merged", scope="", save_dtype="fp32")
+    text = out.ui.as_dict()["text"][0]
+    assert text.startswith("saved ") and "(2 modules, ranks 2-4, alphas 0.5-8, fp32," in text
+    assert text.endswith("; merge of 3 LoRAs") and "resume" not in text
+    path = loras_dir / "loom" / "merged.safetensors"
+    assert [p.name for p in path.parent.iterdir()] == ["merged.safetensors"]
+    with safe_open(str(path), "pt") as fh:
+        md, names = fh.metadata(), set(fh.keys())
+    assert md["loom_operation"] == "merge" and md["ss_network_dim"] == "Dynamic" and "ss_steps" not in md
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight" in names
+
+    with caplog.at_level(logging.WARNING):
+        caplog.clear()
+        sd = comfy.utils.load_torch_file(str(path))
+        core_model, core_clip = comfy.sd.load_lora_for_models(model, clip, sd, 1.0, 1.0)
+    assert [r.getMessage() for r in caplog.records if any(w in r.getMessage() for w in LOAD_WARNINGS)] == []
+    assert set(core_model.patches) == {unet_key} and set(core_clip.patcher.patches) == {clip_key}
+    for patcher, key in ((core_model, unet_key), (core_clip.patcher, clip_key)):
+        down, up = modules[key]
+        orig, scale = originals[key], lora.scale_of(key)
+        want = orig.double() + scale * (up.double() @ down.double())
+        # fp32 factors, product and sum (2^-22 as above), then rounding to the weight's dtype (ComfyUI keeps this
+        # CLIP in fp16): u · |W'| + η, η the absolute rounding of subnormals (as in expected_weights)
+        u = torch.finfo(orig.dtype).eps / 2
+        eta = torch.finfo(orig.dtype).tiny * u
+        bound = u * want.abs() + eta + 2.0**-22 * (want.abs() + scale * (up.abs().double() @ down.abs().double()))
+        err = (patched_state(patcher)[key].double() - want).abs()
+        assert (err <= bound).all(), f"{key}: max error {err.max():.3g}"
+        assert bound.mean() < (want - orig.double()).abs().mean() / 100, key  # the check has teeth
+    assert torch.equal(model.model.state_dict()[unet_key], originals[unet_key])  # the inputs are untouched
+    assert torch.equal(clip.patcher.model.state_dict()[clip_key], originals[clip_key])
+
+
 def test_core_warning_capture_sees_an_unloadable_key(pack, sd15, loras_dir, caplog):
     """The zero-unloaded-keys check above can fail: an extra module the model lacks is reported and caught."""
     import comfy.sd
@@ -251,7 +307,9 @@ def test_missing_model_keys_and_wrong_input_are_clear_errors(pack, sd15, loras_d
     lora.base = {k: v for k, v in lora.base.items() if k != "model_keys"}
     with pytest.raises(ValueError, match=r"lora: .*base\['model_keys'\]"):
         save(pack, lora)
-    with pytest.raises(ValueError, match="lora: expected the LORA from Loom Train LoRA, got str"):
+    with pytest.raises(
+        ValueError, match="lora: expected a LOOM_LORA from Loom Train LoRA or a Loom LoRA utility node, got str"
+    ):
         save(pack, "not a lora")
     with pytest.raises(ValueError, match="save_dtype: 'fp8'"):
         save(pack, trained_lora(pack, model), save_dtype="fp8")

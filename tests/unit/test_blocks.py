@@ -76,9 +76,9 @@ def _attention(arch: str) -> list[str]:
 
 
 def _ordered(ids) -> list[str]:
-    from lora_math.blocks import _sort_key
+    from lora_math.blocks import sort_key
 
-    return sorted(ids, key=_sort_key)
+    return sorted(ids, key=sort_key)
 
 
 @pytest.mark.parametrize(

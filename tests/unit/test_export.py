@@ -142,20 +142,98 @@ def test_sgm_bfl_and_mmdit_names_are_the_module_paths():
 
 def test_names_refuse_other_keys_and_arches():
     with pytest.raises(ValueError, match="not a denoiser weight key"):
-        export.kohya_names(["clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"], "sd15")
+        export.kohya_names(["diffusion_model.blocks.0.bias"], "flux")
     with pytest.raises(ValueError, match="arch: 'wan'"):
         export.kohya_names(["diffusion_model.blocks.0.weight"], "wan")
+
+
+# --- text encoder names ---------------------------------------------------------------------------------------------
+
+CLIP_LAYER = re.compile(r"\.text_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])\.weight$")
+
+
+def _clip_keys(table: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    return {k: s for k, s in table.items() if k.startswith(("clip_l.", "clip_g.")) and CLIP_LAYER.search(k)}
+
+
+def test_text_encoder_names_spot_checks():
+    q = "transformer.text_model.encoder.layers.{}.self_attn.q_proj.weight"
+    fc2 = "transformer.text_model.encoder.layers.{}.mlp.fc2.weight"
+    assert export.kohya_names(["clip_l." + q.format(3), "clip_l." + fc2.format(11)], "sd15") == {
+        "clip_l." + q.format(3): "lora_te_text_model_encoder_layers_3_self_attn_q_proj",
+        "clip_l." + fc2.format(11): "lora_te_text_model_encoder_layers_11_mlp_fc2",
+    }
+    assert export.kohya_names(["clip_h." + q.format(0)], "sd2") == {
+        "clip_h." + q.format(0): "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    }
+    assert export.kohya_names(["clip_l." + q.format(0), "clip_g." + fc2.format(31)], "sdxl") == {
+        "clip_l." + q.format(0): "lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
+        "clip_g." + fc2.format(31): "lora_te2_text_model_encoder_layers_31_mlp_fc2",
+    }
+
+
+@pytest.mark.parametrize("arch, n", [("sd15", 72), ("sdxl", 72 + 192), ("flux", 72)])
+def test_text_encoder_names_load_back_onto_the_same_keys(arch, n):
+    """Saved TE (and UNet) names go back through the pack's own parser and key map onto the keys they came from."""
+    table = load_keytable(arch)
+    clip = _clip_keys(table)
+    unet = dict(list(_unet_linear_keys(table).items())[:3])
+    assert len(clip) == n
+    lora = _lora(clip | unet, rank=1, arch=arch, operation="merge")
+    names = export.kohya_names(lora.modules, arch, table)
+    parsed = parse(export.to_state_dict(lora, names, torch.float32), {})
+    m = match(parsed, table)
+    assert not m.unmatched and len(m.matched) == n + 3
+    assert {p.key for p in m.patches} == set(lora.modules)
+    for patch in m.patches:  # each name landed on the weight of its own factors
+        down, up = lora.modules[patch.key]
+        assert torch.equal(patch.adapter.down.float(), down) and torch.equal(patch.adapter.up.float(), up)
+
+
+@needs_fixtures
+@pytest.mark.parametrize("arch, fixture", [("sd15", "sd15_kohya_rank128.json"), ("sdxl", "sdxl_kohya_rank32.json")])
+def test_text_encoder_names_are_the_ones_real_kohya_files_use(arch, fixture):
+    doc = json.loads((FIXTURES / "keylists" / fixture).read_text())
+    real = {k[: -len(".lora_down.weight")] for k in doc if k.startswith("lora_te") and k.endswith(".lora_down.weight")}
+    assert set(export.kohya_names(_clip_keys(load_keytable(arch)), arch).values()) == real
+
+
+@pytest.mark.parametrize(
+    "key, arch, message",
+    [
+        ("t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight", "flux", "'t5xxl'"),
+        ("clip_g.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight", "sd15", "'clip_g'"),
+        ("clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight", "sd2", "'clip_l'"),
+        ("first_stage_model.decoder.conv_in.weight", "sd15", "that encoder"),
+    ],
+)
+def test_text_encoder_keys_without_kohya_names_are_refused(key, arch, message):
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(key)}: .*text-encoder LoRA for {message} cannot be saved in kohya"
+    ):
+        export.kohya_names([key], arch)
+
+
+def test_text_encoder_weights_kohya_does_not_name_are_refused():
+    key = "clip_l.transformer.text_model.embeddings.token_embedding.weight"
+    with pytest.raises(ValueError, match=rf"{re.escape(key)}: kohya text-encoder names cover only"):
+        export.kohya_names([key], "sd15")
 
 
 # --- a LoRA to save --------------------------------------------------------------------------------------------------
 
 
+def _factors(shape: tuple[int, ...], rank: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (down, up) for a weight of ``shape``: linear ``[r, in]``/``[out, r]``, conv ``[r, in, kh, kw]``/``[out, r,
+    1, 1]``."""
+    down = torch.randn(rank, *shape[1:], generator=gen) * 0.1
+    up = torch.randn(shape[0], rank, *[1] * (len(shape) - 2), generator=gen) * 0.1
+    return down, up
+
+
 def _lora(keys_shapes: dict[str, tuple[int, ...]], rank=4, alpha=2.0, arch="sd15", seed=0, **kw) -> TrainedLoRA:
     gen = torch.Generator().manual_seed(seed)
-    modules = {
-        k: (torch.randn(rank, s[1], generator=gen) * 0.1, torch.randn(s[0], rank, generator=gen) * 0.1)
-        for k, s in keys_shapes.items()
-    }
+    modules = {k: _factors(s, rank, gen) for k, s in keys_shapes.items()}
     base = {"sha256": "ab" * 32, "name": "tiny.safetensors", **kw.pop("base", {})}
     dataset = {
         "num_images": 12,
@@ -280,6 +358,177 @@ def test_metadata_counts_tags_from_captions_when_not_given():
     assert json.loads(md["ss_tag_frequency"]) == {"dataset": {"a": 2, "b": 1}}
     assert md["ss_training_comment"] == "trigger word: zxq cube"
     assert "ss_training_started_at" not in md and md["loom_interrupted"] == "false"
+
+
+# --- utilities' results: per-module rank and alpha, conv factors, metadata ----------------------------------------------
+
+CONV = {
+    "diffusion_model.input_blocks.1.0.in_layers.2.weight": (320, 320, 3, 3),  # resnet conv 3x3
+    "diffusion_model.input_blocks.1.1.proj_in.weight": (320, 320, 1, 1),  # SD1.5 proj_in: conv 1x1
+    "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight": (320, 320),
+}
+SOURCES = (
+    {"name": "style.safetensors", "sha256": "12" * 32, "format": "kohya", "strength_model": 0.8, "role": "lora"},
+    {"name": "char.safetensors", "sha256": "34" * 32, "format": "kohya", "strength_model": 0.5, "role": "lora"},
+)
+
+
+def _utility(keys_shapes, ranks, alphas, operation="merge", arch="sd15", seed=0, **kw) -> TrainedLoRA:
+    """A utility's result: module ``i`` has rank ``ranks[i]`` and alpha ``alphas[i]``, no training settings."""
+    gen = torch.Generator().manual_seed(seed)
+    modules = {k: _factors(s, r, gen) for (k, s), r in zip(keys_shapes.items(), ranks, strict=True)}
+    module_alpha = dict(zip(keys_shapes, alphas, strict=True))
+    base = {"name": "tiny.safetensors", **kw.pop("base", {})}
+    return TrainedLoRA(
+        modules, alphas[0], max(ranks), arch, base=base, module_alpha=module_alpha, operation=operation, **kw
+    )
+
+
+def _want_delta(lora: TrainedLoRA, key: str) -> torch.Tensor:
+    down, up = lora.modules[key]
+    return (lora.scale_of(key) * up.flatten(1).double() @ down.flatten(1).double()).reshape(
+        up.shape[0], *down.shape[1:]
+    )
+
+
+def test_per_module_alpha_and_conv_factors_load_back_with_the_same_delta(tmp_path):
+    table = load_keytable("sd15")
+    lora = _utility(CONV, ranks=[4, 2, 3], alphas=[1.0, 7.3, 3.0], sources=SOURCES)
+    proj_in = "diffusion_model.input_blocks.1.1.proj_in.weight"
+    assert lora.alpha_of(proj_in) == 7.3 and lora.rank_of(proj_in) == 2 and lora.scale_of(proj_in) == 7.3 / 2
+    names = export.kohya_names(lora.modules, "sd15", table)
+    assert names["diffusion_model.input_blocks.1.0.in_layers.2.weight"] == "lora_unet_down_blocks_0_resnets_0_conv1"
+    assert names[proj_in] == "lora_unet_down_blocks_0_attentions_0_proj_in"
+    path = export.save(tmp_path / "m.safetensors", lora, names, "", "m", dtype=torch.float32)
+    tensors, md = load_state_dict(path)
+    for key, (down, up) in lora.modules.items():  # kohya's own shapes and each module's alpha (fp32)
+        name = names[key]
+        assert tensors[f"{name}.lora_down.weight"].shape == down.shape
+        assert tensors[f"{name}.lora_up.weight"].shape == up.shape
+        assert tensors[f"{name}.alpha"].item() == torch.tensor(lora.alpha_of(key)).item()
+    assert tensors["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"].shape == (4, 320, 3, 3)
+    assert tensors["lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight"].shape == (320, 4, 1, 1)
+    assert {tensors[f"{n}.alpha"].item() for n in names.values()} == {1.0, torch.tensor(7.3).item(), 3.0}
+
+    parsed = parse(tensors, md)
+    assert parsed.format == "kohya"
+    m = match(parsed, table)
+    assert not m.unmatched and {p.key for p in m.patches} == set(CONV)
+    for patch in m.patches:
+        got = patch.adapter.delta_weight(table[patch.key]).double()
+        torch.testing.assert_close(got, _want_delta(lora, patch.key), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "down, up",
+    [
+        ((4, 320, 3, 3), (320, 4)),  # conv down, linear up
+        ((4, 320), (320, 4, 1, 1)),  # linear down, conv up
+        ((4, 320, 3, 3), (320, 4, 3, 3)),  # up must be 1x1
+        ((4, 320, 3, 3), (320, 2, 1, 1)),  # ranks differ
+        ((4, 320, 3), (320, 4, 1)),  # 3-D
+    ],
+)
+def test_bad_factor_shapes_are_refused_naming_the_key(down, up):
+    key = "diffusion_model.input_blocks.1.0.in_layers.2.weight"
+    lora = _utility({key: (320, 320, 3, 3)}, [4], [1.0])
+    lora.modules[key] = (torch.zeros(down), torch.zeros(up))
+    expected = re.escape("down [r, in] and up [out, r] (linear) or down [r, in, kh, kw] and up [out, r, 1, 1] (conv)")
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(key)}: factors must be {expected}; got {re.escape(str(list(down)))}"
+    ):
+        export.to_state_dict(lora, {key: "lora_unet_x"})
+
+
+TRAINING_KEYS = (
+    "ss_steps",
+    "ss_max_train_steps",
+    "ss_learning_rate",
+    "ss_unet_lr",
+    "ss_optimizer",
+    "ss_lr_scheduler",
+    "ss_seed",
+    "ss_tag_frequency",
+    "ss_num_train_images",
+    "ss_resolution",
+    "ss_batch_size_per_device",
+    "ss_training_started_at",
+    "ss_training_finished_at",
+    "loom_settings",
+    "loom_dataset_sha256",
+    "loom_interrupted",
+    "loom_resume_file",
+)
+
+
+def test_utility_metadata_names_operation_and_sources_and_no_training_keys():
+    notes = {"modules": 3, "relative_error": 0.031}
+    training_like = {"learning_rate": 1e-4, "steps": 30, "seed": 3, "resolution": 768, "optimizer": "adamw"}
+    dataset = {"num_images": 5, "tag_frequency": {"a": 1}, "images_sha256": "cd" * 32}
+    lora = _utility(
+        CONV, [4, 2, 3], [1.0, 7.3, 3.0], sources=SOURCES, notes=notes, settings=training_like, dataset=dataset, step=30
+    )
+    md = export.metadata(lora, "", "blend", finished_at=1.7e9)
+    assert all(isinstance(v, str) for v in md.values())
+    assert not [k for k in TRAINING_KEYS if k in md]
+    assert md["loom_operation"] == "merge"
+    assert json.loads(md["loom_sources"]) == [dict(s) for s in SOURCES]
+    assert json.loads(md["loom_operation_details"]) == notes
+    assert md["ss_network_module"] == "networks.lora"
+    assert md["ss_network_dim"] == md["ss_network_alpha"] == "Dynamic"  # as sd-scripts' resize_lora.py writes
+    description = "merge of style.safetensors (0.8), char.safetensors (0.5)"
+    assert md["ss_training_comment"] == md["modelspec.description"] == description and md["loom_scope"] == ""
+    assert md["modelspec.architecture"] == "stable-diffusion-v1/lora" and md["modelspec.resolution"] == "512x512"
+    assert md["modelspec.title"] == md["ss_output_name"] == "blend" and md["modelspec.date"].startswith("20")
+    assert md["ss_base_model_version"] == "sd_v1" and md["ss_v2"] == "False"
+    assert md["ss_sd_model_name"] == "tiny.safetensors" and "loom_base_model_sha256" not in md
+
+    scoped = export.metadata(lora, " style + character ", "blend")
+    assert (
+        scoped["ss_training_comment"] == scoped["modelspec.description"] == scoped["loom_scope"] == "style + character"
+    )
+
+
+def test_utility_metadata_one_rank_and_alpha_and_descriptions():
+    keys = dict(list(CONV.items())[2:]) | {"diffusion_model.middle_block.1.proj_out.weight": (320, 320)}
+    resized = _utility(
+        keys, [8, 8], [4.0, 4.0], "resize", arch="sdxl", sources=SOURCES[:1], notes={"rank_rule": "energy 0.9"}
+    )
+    md = export.metadata(resized, "", "small")
+    assert md["ss_network_dim"] == "8" and md["ss_network_alpha"] == "4.0"
+    assert md["ss_training_comment"] == "resize of style.safetensors to rank 8 (energy 0.9)"
+    assert md["modelspec.resolution"] == "1024x1024" and "ss_v2" not in md
+    tuned = {"name": "tuned.safetensors", "role": "tuned", "sha256": "56" * 32}
+    extracted = _utility(
+        keys, [4, 2], [4.0, 2.0], "extract", sources=({"name": "base.safetensors", "role": "base"}, tuned)
+    )
+    assert export.describe(extracted) == "extract of tuned.safetensors against base.safetensors"
+    assert export.metadata(extracted, "", "x")["ss_network_dim"] == "Dynamic"  # ranks differ, alpha / rank does not
+    converted = _utility(
+        keys, [4, 4], [4.0, 4.0], "convert", sources=({"name": "a.safetensors", "format": "lycoris-loha"},)
+    )
+    assert export.describe(converted) == "convert of a.safetensors (lycoris-loha) to LoRA"
+    with pytest.raises(ValueError, match="operation: 'blend' is not one of train, merge"):
+        _utility(keys, [4, 4], [4.0, 4.0], "blend")
+
+
+def test_utility_save_writes_no_resume_file_and_drops_a_replaced_one(tmp_path):
+    table = load_keytable("sd15")
+    trained = _lora({k: s for k, s in CONV.items() if len(s) == 2})
+    _save(tmp_path, trained, table, name="m.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.loom-state", "m.safetensors"]
+
+    merged = _utility(CONV, [4, 2, 3], [1.0, 7.3, 3.0], sources=SOURCES)
+    path = _save(tmp_path, merged, table, name="n.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.loom-state", "m.safetensors", "n.safetensors"]
+    _, md = load_state_dict(path)
+    assert "loom_resume_file" not in md and md["loom_operation"] == "merge"
+    with pytest.raises(FileNotFoundError, match="no resume state"):
+        export.load_trained(path)
+
+    _save(tmp_path, merged, table, name="m.safetensors", overwrite=True)  # the trained LoRA's state would not match
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "n.safetensors"]
+    assert load_state_dict(tmp_path / "m.safetensors")[1]["loom_operation"] == "merge"
 
 
 # --- saving -----------------------------------------------------------------------------------------------------------
