@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..lora_math.interference import Report, ReportBuilder, block_of
 from . import lora_tools
@@ -134,7 +134,7 @@ class LoomLoraInterference(io.ComfyNode):
             model, clip, lora_stack, overlap_threshold=overlap_threshold, dominance_threshold=dominance_threshold
         )
         text = "\n".join([report.text(), *_notes(updates)])
-        return io.NodeOutput(text, heatmap(report))
+        return io.NodeOutput(text, heatmap(report), ui=ui.PreviewText(text))
 
 
 class LoomBalanceStack(io.ComfyNode):
@@ -195,4 +195,4 @@ class LoomBalanceStack(io.ComfyNode):
         lines += _notes(updates)
         text = "\n".join(lines)
         log.info("[LoRA Loom] balance: %s", text.replace("\n", "; "))
-        return io.NodeOutput(out, text)
+        return io.NodeOutput(out, text, ui=ui.PreviewText(text))

@@ -12,7 +12,7 @@ import re
 import time
 
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..lora_math import lowrank
 from ..lora_math.lowrank import Delta, RankRule
@@ -120,7 +120,7 @@ class LoomMergeLoras(io.ComfyNode):
             results, zero, model, "merge", "exact" if rule is None else rule.describe(), head, sources, started, on
         )
         lora.notes["mode"] = mode
-        return io.NodeOutput(lora, text)
+        return io.NodeOutput(lora, text, ui=ui.PreviewText(text))
 
 
 def _single(model, clip, lora_name: str) -> patching.LoraSpec:
@@ -183,7 +183,7 @@ class LoomResizeLora(io.ComfyNode):
     @classmethod
     def execute(cls, model, lora_name, method="rank", rank=16, dynamic_param=0.95, clip=None) -> io.NodeOutput:
         lora, text = _resize(model, clip, lora_name, _rule(method, rank, dynamic_param), "resize")
-        return io.NodeOutput(lora, text)
+        return io.NodeOutput(lora, text, ui=ui.PreviewText(text))
 
 
 class LoomConvertLora(io.ComfyNode):
@@ -211,7 +211,7 @@ class LoomConvertLora(io.ComfyNode):
     @classmethod
     def execute(cls, model, lora_name, rank=32, clip=None) -> io.NodeOutput:
         lora, text = _resize(model, clip, lora_name, RankRule("rank", rank), "convert")
-        return io.NodeOutput(lora, text)
+        return io.NodeOutput(lora, text, ui=ui.PreviewText(text))
 
 
 _CLIP_TARGETS = {
@@ -221,10 +221,11 @@ _CLIP_TARGETS = {
 
 
 def _pairs(tuned, base, keys: list[str], input_name: str, on: torch.device):
+    """(key, fine-tuned − base) per weight, one layer on the device at a time: peak memory is a layer."""
     for key in keys:
-        t = patching.original_weight(tuned, key)
+        t = patching.effective_weight(tuned, key, on)
         try:
-            b = patching.original_weight(base, key)
+            b = patching.effective_weight(base, key, on)
         except AttributeError:
             b = None
         if b is None or tuple(b.shape) != tuple(t.shape):
@@ -232,8 +233,9 @@ def _pairs(tuned, base, keys: list[str], input_name: str, on: torch.device):
                 f"{input_name}: has no weight {key} of shape {list(t.shape)}; extracting needs the base model of "
                 "the same architecture as the fine-tuned one"
             )
-        diff = t.to(device=on, dtype=torch.float32) - b.to(device=on, dtype=torch.float32)
-        yield key, Delta(tuple(t.shape), dense=diff.flatten(1))
+        t -= b
+        del b
+        yield key, Delta(tuple(t.shape), dense=t.flatten(1))
 
 
 class LoomExtractLora(io.ComfyNode):
@@ -245,7 +247,8 @@ class LoomExtractLora(io.ComfyNode):
             category="loom/utilities",
             description="Extract a LoRA from two models: the fine-tuned weights minus the base weights of the "
             "targeted layers, at a fixed rank or an energy fraction (truncated or randomized SVD, one layer at a "
-            "time on the GPU when there is one). Save it with Loom Save LoRA.",
+            "time on the GPU when there is one). The models are read as they would load: LoRAs and model merges "
+            "applied to them count (so base + a LoRA stack vs base extracts the stack). Save it with Loom Save LoRA.",
             inputs=[
                 io.Model.Input("model_tuned", tooltip="The fine-tuned model."),
                 io.Model.Input("model_base", tooltip="The model it was fine-tuned from (same architecture)."),
@@ -285,7 +288,6 @@ class LoomExtractLora(io.ComfyNode):
         on = lora_tools.device()
         if on.type == "cuda":
             torch.cuda.reset_peak_memory_stats(on)
-        # one layer's difference on the device at a time: peak memory is a layer, not a model
         weights = _pairs(model_tuned, model_base, keys, "model_base", on)
         count = len(keys)
         if clip_tuned is not None:
@@ -312,4 +314,4 @@ class LoomExtractLora(io.ComfyNode):
             peak = torch.cuda.max_memory_allocated(on) / 2**30
             lora.notes["peak_vram_gib"] = round(peak, 3)
             text += f", peak VRAM {peak:.2f} GiB"
-        return io.NodeOutput(lora, text)
+        return io.NodeOutput(lora, text, ui=ui.PreviewText(text))

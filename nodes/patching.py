@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import comfy.lora
 import comfy.utils
 import torch
 from comfy.patcher_extension import PatcherInjection, WrappersMP
@@ -553,6 +554,23 @@ def original_weight(patcher, key: str) -> torch.Tensor:
     backup = getattr(patcher, "backup", None) or {}
     weight = backup[key].weight if key in backup else comfy.utils.get_attr(patcher.model, key)
     return weight.detach()
+
+
+def effective_weight(patcher, key: str, device) -> torch.Tensor:
+    """fp32 copy of ``key`` as ``patcher`` would load it: the original weight, ComfyUI's patches on it (core LoRA
+    loaders, model merges) and Loom's merged LoRAs. Scheduled LoRAs have no single weight and are not included."""
+    weight = original_weight(patcher, key).to(device=device, dtype=torch.float32, copy=True)
+    patches = getattr(patcher, "patches", {}).get(key)
+    if patches:
+        weight = comfy.lora.calculate_weight(patches, weight, key)
+    plan: MergePlan | None = patcher.get_attachment(KEY)
+    by_rows: dict = {}
+    for term in plan.terms.get(key, ()) if plan is not None else ():
+        by_rows.setdefault(term.rows, []).append((term, term.strength))
+    for rows, terms in by_rows.items():
+        target = weight if rows is None else weight[rows[0] : rows[1]]
+        target += merge.terms_delta(target.shape, terms, weight.device)
+    return weight
 
 
 def _apply_to(patcher, patches: Sequence[keymap.Patch], strength: float, block_weight, fast: bool) -> int:

@@ -140,7 +140,9 @@ def test_compressed_merge_error_falls_with_rank_and_matches_the_dropped_singular
 def test_resize_matches_a_full_svd_per_module(pack, sd15, files, originals):
     model, clip, _ = sd15
     resize = pack.nodes.lora_utilities.LoomResizeLora.execute
-    lora, report = resize(model=model, clip=clip, lora_name=files["a"], method="energy", rank=8, dynamic_param=0.9).result
+    lora, report = resize(
+        model=model, clip=clip, lora_name=files["a"], method="energy", rank=8, dynamic_param=0.9
+    ).result
     want_model, want_clip = applied(pack, model, clip, [entry(pack, files["a"])])
     for key in list(lora.modules)[:40]:
         want = (want_model if key.startswith(UNET) else want_clip)[key].double()
@@ -170,7 +172,7 @@ def test_convert_to_plain_lora(pack, sd15, files, originals, name):
     assert ("LoHa" in report) if name == "loha" else ("LoRA+DoRA" in report)
 
 
-def test_extract_recovers_a_known_difference(pack, sd15):
+def test_extract_recovers_a_known_difference(pack, sd15, files, originals):
     import comfy.sd
     from conftest import SD15
 
@@ -198,6 +200,17 @@ def test_extract_recovers_a_known_difference(pack, sd15):
         model_tuned=tuned, model_base=model, target="attention", method="energy", rank=64, dynamic_param=0.999
     ).result
     assert all(d.shape[0] > 3 for d, _ in lora.modules.values())  # the noise needs more than rank 3 for 99.9%
+    # models are read as they load: base + a LoRA stack minus base extracts the stack (rank 8 holds it exactly)
+    stacked = pack.nodes.stack.LoomLoraStack.execute(
+        model=model, clip=None, rows="[]", lora_stack=[entry(pack, files["a"], 0.7)]
+    ).result[0]
+    lora, _ = extract(model_tuned=stacked, model_base=model, target="attention", method="rank", rank=8).result
+    written = files["written"]["a"]
+    attention = [e.key for e in written.expected if ".attn" in e.key and e.key.startswith(UNET)]
+    assert set(lora.modules) == set(attention)
+    for key in attention[:16]:
+        want = 0.7 * hand_change(written, key, originals)
+        torch.testing.assert_close(delta_of(lora, key), want, rtol=0, atol=1e-4 * want.abs().max().item())
     with pytest.raises(ValueError, match="^model_base: the two models have the same weights"):
         extract(model_tuned=model, model_base=model, target="attention", method="rank", rank=4)
     with pytest.raises(ValueError, match="^clip_base: connect both"):

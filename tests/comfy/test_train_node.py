@@ -73,7 +73,9 @@ def test_bad_input_names_the_input(train_mod, sd15, over, message):
 def test_unknown_family_and_mismatched_vae(train_mod, sd15):
     model, clip, vae = sd15
     odd = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2)))
-    with pytest.raises(ValueError, match=r"^model: SimpleNamespace is not a model family LoRA Loom trains or saves LoRAs for"):
+    with pytest.raises(
+        ValueError, match=r"^model: SimpleNamespace is not a model family LoRA Loom trains or saves LoRAs for"
+    ):
         run(train_mod, sd15, model=odd)
 
     class WrongVae:  # an encoder for another latent space (16 channels, as FLUX/SD3 VAEs)

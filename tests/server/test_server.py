@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from comfy_env import comfyui_dir
 from PIL import Image
+from safetensors import safe_open
 from workflow_api import ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +79,10 @@ def test_example_workflow_runs(server, object_info, path):
             name = f"{node['inputs']['filename_prefix']}.safetensors"
             assert name in server.get("/models/loras"), name  # the first `loras` folder: ComfyUI's own
             saved = comfyui_dir() / "models" / "loras" / name
-            assert saved.with_suffix(".loom-state").is_file(), saved
+            with safe_open(str(saved), "pt") as f:
+                operation = (f.metadata() or {}).get("loom_operation", "train")
+            # trained LoRAs keep their resume state beside them; merges, resizes, extractions have none
+            assert saved.with_suffix(".loom-state").is_file() == (operation == "train"), (saved, operation)
 
 
 def test_bad_lora_name_is_rejected_and_server_keeps_serving(server, object_info):
