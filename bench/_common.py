@@ -91,7 +91,7 @@ SDXL_FULL = dict(
 )  # fmt: skip
 
 
-def full_size_sdxl_on_gpu():
+def full_size_sdxl_on_gpu(seed: int = 0):
     """Full-size SDXL UNet with random fp16 weights built on CUDA, detected by ComfyUI as SDXL.
 
     Fan-in scaled normal weights, zero biases and unit norm scales (as the CPU stand-ins): activations stay
@@ -104,7 +104,7 @@ def full_size_sdxl_on_gpu():
 
     with torch.device("meta"):
         unet = openaimodel.UNetModel(**SDXL_FULL, operations=comfy.ops.disable_weight_init)
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device="cuda").manual_seed(seed)
     sd = {}
     for k, v in unet.state_dict().items():
         t = torch.empty(v.shape, device="cuda", dtype=torch.float16)
