@@ -371,20 +371,7 @@ def metadata(
         "ss_sd_model_name": _first(base, "name"),
         "ss_training_started_at": started_at,
         "ss_training_finished_at": finished_at,
-        "modelspec.sai_model_spec": _SPEC_VERSION,
-        "modelspec.architecture": f"{_architecture(lora)}/lora",
-        "modelspec.implementation": spec.implementation,
-        "modelspec.title": name,
-        "modelspec.date": when.replace(microsecond=0).isoformat(),
-        "modelspec.resolution": f"{width}x{height}",
-        "modelspec.description": scope or None,
-        "modelspec.trigger_phrase": trigger or None,
-        "modelspec.usage_hint": f"put '{trigger}' in the prompt" if trigger else None,
-        "modelspec.prediction_type": _prediction(lora),
-        "loom_version": _pack_version(),
-        "loom_arch": lora.arch,
-        "loom_trigger_words": trigger or None,
-        "loom_scope": scope,
+        **_spec_keys(lora, name, when, (width, height), scope, trigger, scope),
         "loom_base_model_sha256": _first(base, "sha256") or "",
         "loom_dataset_sha256": _first(dataset, "images_sha256", "sha256") or "",
         "loom_settings": _json(settings),
@@ -455,20 +442,7 @@ def _utility_metadata(lora: TrainedLoRA, scope: str, name: str, *, finished_at: 
         "ss_training_comment": comment,
         "ss_output_name": name,
         "ss_sd_model_name": _first(base, "name"),
-        "modelspec.sai_model_spec": _SPEC_VERSION,
-        "modelspec.architecture": f"{_architecture(lora)}/lora",
-        "modelspec.implementation": spec.implementation,
-        "modelspec.title": name,
-        "modelspec.date": when.replace(microsecond=0).isoformat(),
-        "modelspec.resolution": f"{spec.resolution}x{spec.resolution}",
-        "modelspec.description": comment or None,
-        "modelspec.trigger_phrase": trigger or None,
-        "modelspec.usage_hint": f"put '{trigger}' in the prompt" if trigger else None,
-        "modelspec.prediction_type": _prediction(lora),
-        "loom_version": _pack_version(),
-        "loom_arch": lora.arch,
-        "loom_trigger_words": trigger or None,
-        "loom_scope": scope,
+        **_spec_keys(lora, name, when, (spec.resolution, spec.resolution), comment, trigger, scope),
         "loom_base_model_sha256": _first(base, "sha256"),
         "loom_operation": lora.operation,
         "loom_sources": _json(_json_safe(list(lora.sources))),
@@ -477,6 +451,34 @@ def _utility_metadata(lora: TrainedLoRA, scope: str, name: str, *, finished_at: 
     if lora.arch in ("sd15", "sd2"):
         md["ss_v2"] = lora.arch == "sd2"
     return {k: str(v) for k, v in md.items() if v is not None}
+
+
+def _spec_keys(
+    lora: TrainedLoRA,
+    name: str,
+    when: datetime.datetime,
+    resolution: tuple[int, int],
+    description: str,
+    trigger: str,
+    scope: str,
+) -> dict[str, Any]:
+    """The SAI ``modelspec.*`` keys and the pack's own, shared by trained and utility LoRAs."""
+    return {
+        "modelspec.sai_model_spec": _SPEC_VERSION,
+        "modelspec.architecture": f"{_architecture(lora)}/lora",
+        "modelspec.implementation": _arch(lora.arch).implementation,
+        "modelspec.title": name,
+        "modelspec.date": when.replace(microsecond=0).isoformat(),
+        "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
+        "modelspec.description": description or None,
+        "modelspec.trigger_phrase": trigger or None,
+        "modelspec.usage_hint": f"put '{trigger}' in the prompt" if trigger else None,
+        "modelspec.prediction_type": _prediction(lora),
+        "loom_version": _pack_version(),
+        "loom_arch": lora.arch,
+        "loom_trigger_words": trigger or None,
+        "loom_scope": scope,
+    }
 
 
 def _prediction(lora: TrainedLoRA) -> str | None:

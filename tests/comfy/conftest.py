@@ -15,6 +15,18 @@ def pack():
     return load_pack()
 
 
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory):
+    """A fresh folder registered as a ComfyUI ``loras`` folder: Loom finds the files there as it finds a user's."""
+    import folder_paths
+
+    folder = tmp_path_factory.mktemp("loras")
+    folder_paths.add_model_folder_path("loras", str(folder))
+    yield folder
+    folder_paths.folder_names_and_paths["loras"][0].remove(str(folder))
+    folder_paths.filename_list_cache.pop("loras", None)  # later tests must not list these files
+
+
 @pytest.fixture(scope="session")
 def sd15():
     """(model patcher, clip, vae) of the tiny SD1.5 checkpoint, loaded once per session."""

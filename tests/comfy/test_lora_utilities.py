@@ -16,17 +16,6 @@ UNET = "diffusion_model."
 
 
 @pytest.fixture(scope="module")
-def loras(tmp_path_factory):
-    import folder_paths
-
-    folder = tmp_path_factory.mktemp("loras")
-    folder_paths.add_model_folder_path("loras", str(folder))
-    yield folder
-    folder_paths.folder_names_and_paths["loras"][0].remove(str(folder))
-    folder_paths.filename_list_cache.pop("loras", None)
-
-
-@pytest.fixture(scope="module")
 def files(sd15, loras):
     model, clip, _ = sd15
     written = {
