@@ -33,13 +33,6 @@ def analyse(model, clip, lora_stack, **thresholds) -> tuple[Report, lora_tools.S
     return builder.build(**thresholds), updates
 
 
-def _notes(updates: lora_tools.StackUpdates) -> list[str]:
-    lines = [f"note: {n} {why} not counted" for why, n in updates.left_out.items()]
-    if updates.scheduled:
-        lines.append("note: scheduled LoRAs are measured at their schedule's peak: " + ", ".join(updates.scheduled))
-    return lines
-
-
 def heatmap(report: Report):
     n = len(report.names)
     pairs = report.pairs()
@@ -133,7 +126,7 @@ class LoomLoraInterference(io.ComfyNode):
         report, updates = analyse(
             model, clip, lora_stack, overlap_threshold=overlap_threshold, dominance_threshold=dominance_threshold
         )
-        text = "\n".join([report.text(), *_notes(updates)])
+        text = "\n".join([report.text(), *lora_tools.notes(updates)])
         return io.NodeOutput(text, heatmap(report), ui=ui.PreviewText(text))
 
 
@@ -192,7 +185,7 @@ class LoomBalanceStack(io.ComfyNode):
             out.append(LoraStackEntry(item.name, m, c, item.blocks, item.schedule))
             if (m, c) != (item.model, item.clip):
                 lines.append(f"  {item.name}: model {item.model:g} → {m:.4g}, clip {item.clip:g} → {c:.4g}")
-        lines += _notes(updates)
+        lines += lora_tools.notes(updates)
         text = "\n".join(lines)
         log.info("[LoRA Loom] balance: %s", text.replace("\n", "; "))
         return io.NodeOutput(out, text, ui=ui.PreviewText(text))

@@ -82,6 +82,7 @@ class StackUpdates:
     weights: list[WeightUpdates]
     left_out: collections.Counter  # why patches were not taken: "bias/norm" …
     scheduled: tuple[str, ...]  # names of the LoRAs measured at their schedule's peak
+    dora: int = 0  # DoRA modules, taken as their update against the original weight (not additive)
 
 
 def stack_updates(model, clip, specs: Sequence[patching.LoraSpec], on: torch.device | None = None) -> StackUpdates:
@@ -91,6 +92,7 @@ def stack_updates(model, clip, specs: Sequence[patching.LoraSpec], on: torch.dev
     clip_keys = patching.model_keys(None, clip) if clip is not None else {}
     by_key: dict[str, WeightUpdates] = {}
     left_out: collections.Counter = collections.Counter()
+    dora = 0
     for index, spec in enumerate(specs):
         match = patching.match_spec(spec, model, clip)
         for p in match.patches:
@@ -111,6 +113,7 @@ def stack_updates(model, clip, specs: Sequence[patching.LoraSpec], on: torch.dev
             base = None
             if getattr(p.adapter, "dora_scale", None) is not None:
                 base = patching.original_weight(patcher, p.key)
+                dora += 1
             delta = adapter_delta(p.adapter, shape, rows=p.rows, strength=strength, base=base, device=on)
             entry = by_key.get(p.key)
             if entry is None:
@@ -118,7 +121,20 @@ def stack_updates(model, clip, specs: Sequence[patching.LoraSpec], on: torch.dev
             previous = entry.deltas[index]
             entry.deltas[index] = delta if previous is None else previous + delta
     scheduled = tuple(s.name for s in specs if s.schedule is not None)
-    return StackUpdates(list(by_key.values()), left_out, scheduled)
+    return StackUpdates(list(by_key.values()), left_out, scheduled, dora)
+
+
+def notes(updates: StackUpdates) -> list[str]:
+    """What a report must say about how the stack was read."""
+    lines = [f"note: {n} {why} left out" for why, n in updates.left_out.items()]
+    if updates.scheduled:
+        lines.append("note: scheduled LoRAs are taken at their schedule's peak: " + ", ".join(updates.scheduled))
+    if updates.dora:
+        lines.append(
+            f"note: {updates.dora} DoRA module(s) taken as their update against the original weight (DoRA is not "
+            "additive: exact alone on a weight, approximate where other LoRAs patch the same weight)"
+        )
+    return lines
 
 
 def base_sq_norm(model, clip, w: WeightUpdates, on: torch.device) -> float:

@@ -110,11 +110,7 @@ class LoomMergeLoras(io.ComfyNode):
         results, zero = _compress_updates(updates.weights, rule)
         names = ", ".join(f"{s.name} ({s.strength_model:g}/{s.strength_clip:g})" for s in specs)
         head = [f"merge of {len(specs)} LoRA(s), model/clip strengths baked in: {names}"]
-        head += [f"note: {n} {why} left out" for why, n in updates.left_out.items()]
-        if updates.scheduled:
-            head.append(
-                "note: schedules cannot be baked into a file; merged at their peak: " + ", ".join(updates.scheduled)
-            )
+        head += lora_tools.notes(updates)
         sources = [lora_tools.source_record(s) for s in specs]
         lora, text = _finish(
             results, zero, model, "merge", "exact" if rule is None else rule.describe(), head, sources, started, on
@@ -147,7 +143,7 @@ def _resize(model, clip, lora_name: str, rule: RankRule, operation: str):
         f"ranks {ranks[0]}–{ranks[-1]}" if len(ranks) > 1 else (f"rank {ranks[0]}" if ranks else "no LoRA rank")
     )
     head = [f"{operation} {lora_name} ({spec.parsed.format}: {_algorithms(spec)}; {source_rank}) → plain LoRA"]
-    head += [f"note: {n} {why} left out" for why, n in updates.left_out.items()]
+    head += lora_tools.notes(updates)
     return _finish(
         results, zero, model, operation, rule.describe(), head, [lora_tools.source_record(spec)], started, on
     )
