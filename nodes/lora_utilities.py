@@ -67,9 +67,9 @@ def _compress_updates(weights, rule: RankRule | None):
 
 
 def _finish(results, zero, model, operation: str, rule_text: str, head: list[str], sources, started: float, on):
-    text, notes = lora_tools.kept_report(results, rule_text, zero) if results else ("", {})
     if not results:
         raise ValueError(f"{operation}: no weight received a non-zero update; nothing to save")
+    text, notes = lora_tools.kept_report(results, rule_text, zero)
     elapsed = time.perf_counter() - started
     notes["seconds"] = round(elapsed, 3)
     lora = lora_tools.to_lora(results, model, operation, sources, notes)

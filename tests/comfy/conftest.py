@@ -44,6 +44,16 @@ def sd15():
     return model, clip, vae
 
 
+@pytest.fixture()
+def model(sd15):
+    """The session's SD1.5 model patcher with nothing loaded before or after the test (weights back to the base)."""
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    yield sd15[0]
+    mm.unload_all_models()
+
+
 def patched_state(patcher) -> dict:
     """The weights a patcher produces when loaded, as a plain state dict (then unpatched again)."""
     import comfy.model_management

@@ -1,19 +1,10 @@
 """The merge injection inside ComfyUI's load/unpatch cycle, on the tiny SD1.5 model (CPU)."""
 
 import comfy.model_management as mm
-import pytest
 import torch
 from conftest import SD15_LORA
 
 ATTN = (".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight")
-
-
-@pytest.fixture()
-def model(sd15):
-    m = sd15[0]
-    mm.unload_all_models()
-    yield m
-    mm.unload_all_models()
 
 
 def loom(pack, model, strength, lora=SD15_LORA):

@@ -4,7 +4,6 @@ The reference re-merges the weights before every model call with that step's str
 (by matching the call's sigma to the run's sigmas), the way core hooks with one keyframe per step would.
 """
 
-import comfy.model_management as mm
 import comfy.sample
 import comfy.utils
 import pytest
@@ -23,14 +22,6 @@ def assert_matches(out, ref, msg=""):
     tolerance = RTOL * float(ref.abs().max())
     torch.testing.assert_close(out, ref, rtol=0, atol=tolerance, msg=msg or None)
     return tolerance
-
-
-@pytest.fixture()
-def model(sd15):
-    m = sd15[0]
-    mm.unload_all_models()
-    yield m
-    mm.unload_all_models()
 
 
 def conds():

@@ -10,7 +10,15 @@ PROMPTS = 100
 
 
 def build_prompt(stack: list[tuple[str, float, float]], seed: int = 7) -> dict:
-    """txt2img on the tiny SD1.5 with a chain of Loom LoRA Loaders (empty chain: the base model)."""
+    """txt2img on the tiny SD1.5 with a chain of Loom LoRA Loaders (empty chain: the base model).
+
+    The soak is about LoRA patching, not image quality, so each prompt is as cheap as a full pipeline gets: one
+    text encode (also used as the negative), one euler step at cfg 1 (one UNet call: ComfyUI skips the negative at
+    cfg 1) on a 32×32 image. Every prompt still loads the patched CLIP and UNet (each stack is merged into the
+    shared base weights and taken out again), decodes and saves an image. Per prompt that is about half the time of
+    2 steps at cfg 4 and 64×64, and as sensitive: a model strength of 1e-4 left behind already changes the
+    base image's pixels.
+    """
     p = {"ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "loom-tiny-sd15.safetensors"}}}
     model, clip = ["ckpt", 0], ["ckpt", 1]
     for i, (name, sm, sc) in enumerate(stack):
@@ -19,15 +27,13 @@ def build_prompt(stack: list[tuple[str, float, float]], seed: int = 7) -> dict:
             "inputs": {"model": model, "clip": clip, "lora_name": name, "strength_model": sm, "strength_clip": sc},
         }
         model, clip = [f"lora{i}", 0], [f"lora{i}", 1]
-    # One text encode per prompt (also used as the negative): the soak is about LoRA patching, and CLIP-L
-    # on a CPU is the slowest part of each prompt.
     p["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": "a loomstyle lighthouse"}}
-    p["latent"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    p["latent"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
     p["sample"] = {
         "class_type": "KSampler",
         "inputs": {
             "model": model, "positive": ["pos", 0], "negative": ["pos", 0], "latent_image": ["latent", 0],
-            "seed": seed, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+            "seed": seed, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
         },
     }  # fmt: skip
     p["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}}
@@ -60,4 +66,6 @@ def test_random_stacks_soak(server):
             rss[i] = rss_kib(server.proc.pid)
     assert rss[PROMPTS] <= rss[10] * 1.10, f"server RSS grew from {rss[10]} KiB to {rss[PROMPTS]} KiB"
     # The base model renders bit-identically after 100 stacks: its weights were restored exactly.
-    assert pixels(server.run_prompt(build_prompt([]))["images"][0]) == base_before
+    after = server.run_prompt(build_prompt([]))
+    assert after["progress"], "the base prompt came from ComfyUI's cache: the sampler did not run again"
+    assert pixels(after["images"][0]) == base_before
