@@ -16,6 +16,7 @@ from comfy_api.latest import io, ui
 
 from ..lora_math import lowrank
 from ..lora_math.lowrank import Delta, RankRule
+from ..lora_math.train import export
 from . import lora_files, lora_tools, patching, training
 
 _LORA = io.Custom("LOOM_LORA")
@@ -50,6 +51,18 @@ def _rule_inputs(default_rank: int) -> list:
             tooltip="sv_ratio: the largest ratio σ_max/σ kept (≥ 1). energy: the fraction of ‖ΔW‖² kept (0..1].",
         ),
     ]
+
+
+def _savable(model, updates: lora_tools.StackUpdates) -> list:
+    """The weights a kohya file can name for this model; the rest (a T5 encoder's) is noted as left out."""
+    encoders = export.TEXT_ENCODER_PREFIXES.get(training.arch_of(model.model), {})
+    keep = []
+    for w in updates.weights:
+        if w.part == "model" or (w.key.split(".", 1)[0] in encoders and export.CLIP_LAYER.search(w.key)):
+            keep.append(w)
+        else:
+            updates.left_out["text-encoder updates that kohya LoRA files cannot name (T5, embeddings …)"] += 1
+    return keep
 
 
 def _compress_updates(weights, rule: RankRule | None):
@@ -107,7 +120,7 @@ class LoomMergeLoras(io.ComfyNode):
         on = lora_tools.device()
         updates = lora_tools.stack_updates(model, clip, specs, on)
         rule = RankRule("rank", rank) if mode == "compressed" else None
-        results, zero = _compress_updates(updates.weights, rule)
+        results, zero = _compress_updates(_savable(model, updates), rule)
         names = ", ".join(f"{s.name} ({s.strength_model:g}/{s.strength_clip:g})" for s in specs)
         head = [f"merge of {len(specs)} LoRA(s), model/clip strengths baked in: {names}"]
         head += lora_tools.notes(updates)
@@ -137,7 +150,7 @@ def _resize(model, clip, lora_name: str, rule: RankRule, operation: str):
     spec = _single(model, clip, lora_name)
     on = lora_tools.device()
     updates = lora_tools.stack_updates(model, clip, [spec], on)
-    results, zero = _compress_updates(updates.weights, rule)
+    results, zero = _compress_updates(_savable(model, updates), rule)
     ranks = sorted({d.factor_rank for w in updates.weights for d in w.deltas if d is not None and d.is_low_rank})
     source_rank = (
         f"ranks {ranks[0]}–{ranks[-1]}" if len(ranks) > 1 else (f"rank {ranks[0]}" if ranks else "no LoRA rank")

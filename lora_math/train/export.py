@@ -128,7 +128,7 @@ TEXT_ENCODER_PREFIXES: dict[str, dict[str, str]] = {
 }
 # The CLIP weights kohya names (sd-scripts targets CLIPAttention and CLIPMLP; ComfyUI's LORA_CLIP_MAP): ComfyUI loads
 # ``lora_te…`` names for these and nothing else.
-_CLIP_LAYER = re.compile(r"text_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])")
+CLIP_LAYER = re.compile(r"text_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])")
 
 
 def _text_encoder_name(key: str, arch: str) -> str:
@@ -143,7 +143,7 @@ def _text_encoder_name(key: str, arch: str) -> str:
             f"name ({known}); text-encoder LoRA for {what} cannot be saved in kohya format"
         )
     path = rest.removesuffix(".weight")
-    if not rest.endswith(".weight") or not _CLIP_LAYER.fullmatch(path):
+    if not rest.endswith(".weight") or not CLIP_LAYER.fullmatch(path):
         raise ValueError(
             f"{key}: kohya text-encoder names cover only the CLIP encoder layers' self_attn q/k/v/out_proj and mlp "
             "fc1/fc2 weights; text-encoder LoRA on other weights cannot be saved in kohya format"

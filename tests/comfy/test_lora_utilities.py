@@ -278,3 +278,27 @@ def test_bad_inputs_get_clear_errors(pack, sd15, files, loras):
     with pytest.raises(ValueError, match="^lora_name: LoRA 'missing.safetensors' is not in any `loras` folder"):
         resize(model=model, lora_name="missing.safetensors", method="rank", rank=4)
     assert "missing.safetensors" in pack.nodes.lora_utilities.LoomResizeLora.validate_inputs("missing.safetensors")
+
+
+def test_text_encoder_weights_kohya_cannot_name_are_left_out_with_a_note(pack, sd15, loras):
+    model, clip, _ = sd15
+    g = torch.Generator().manual_seed(9)
+    unet = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file(
+        {
+            "lora_te_text_projection.lora_down.weight": torch.randn(4, 768, generator=g),
+            "lora_te_text_projection.lora_up.weight": torch.randn(768, 4, generator=g) * 0.01,
+            f"{unet}.lora_down.weight": torch.randn(4, 320, generator=g),
+            f"{unet}.lora_up.weight": torch.randn(320, 4, generator=g) * 0.01,
+        },
+        str(loras / "with-projection.safetensors"),
+    )
+    lora, report = pack.nodes.lora_utilities.LoomMergeLoras.execute(
+        model=model, clip=clip, lora_stack=[entry(pack, "with-projection.safetensors")], mode="exact"
+    ).result
+    assert list(lora.modules) == [f"{UNET}input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"]
+    assert "note: 1 text-encoder updates that kohya LoRA files cannot name" in report
+    path, _ = pack.nodes.save_lora.LoomSaveLora.execute(
+        lora=lora, filename_prefix="loom-test/without_projection", scope="", overwrite=True, save_dtype="fp16"
+    ).result
+    assert path.endswith("without_projection.safetensors")
