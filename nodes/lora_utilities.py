@@ -227,6 +227,20 @@ _CLIP_TARGETS = {
     "attention": re.compile(r"\.self_attn\.(q_proj|k_proj|v_proj|out_proj)\.weight$"),
     "attention_mlp": re.compile(r"\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))\.weight$"),
 }
+_CLIP_TARGETS["all"] = _CLIP_TARGETS["attention_mlp"]  # every CLIP layer a kohya file can name
+EXTRACT_TARGETS = (*training.TARGETS, "all")
+_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def _extract_keys(model, arch: str, target: str) -> list[str]:
+    """Weight keys of the targeted layers; ``all``: every Linear and conv of the denoiser (as core's LoraSave)."""
+    if target != "all":
+        return list(training.target_modules(model.model, arch, target))
+    return [
+        f"diffusion_model.{name}.weight"
+        for name, m in model.model.diffusion_model.named_modules()
+        if isinstance(m, _LAYERS) and getattr(m, "weight", None) is not None
+    ]
 
 
 def _pairs(tuned, base, keys: list[str], input_name: str, on: torch.device):
@@ -263,9 +277,10 @@ class LoomExtractLora(io.ComfyNode):
                 io.Model.Input("model_base", tooltip="The model it was fine-tuned from (same architecture)."),
                 io.Combo.Input(
                     "target",
-                    options=list(training.TARGETS),
+                    options=list(EXTRACT_TARGETS),
                     default="attention",
-                    tooltip="Which layers: the attention projections, or those and the MLPs.",
+                    tooltip="Which layers: the attention projections, those and the MLPs, or every Linear and "
+                    "conv layer of the denoiser (all: convs become LoCon modules).",
                 ),
                 *_rule_inputs(32),
                 io.Clip.Input("clip_tuned", optional=True, tooltip="Also extract the text encoder (with clip_base)."),
@@ -293,7 +308,9 @@ class LoomExtractLora(io.ComfyNode):
             raise ValueError(f"model_base: a {training.arch_of(model_base.model)} model, but model_tuned is {arch}")
         if (clip_tuned is None) != (clip_base is None):
             raise ValueError("clip_base: connect both clip_tuned and clip_base to extract the text encoder, or neither")
-        keys = list(training.target_modules(model_tuned.model, arch, target))
+        if target not in EXTRACT_TARGETS:
+            raise ValueError(f"target: {target!r} is not one of {', '.join(EXTRACT_TARGETS)}")
+        keys = _extract_keys(model_tuned, arch, target)
         on = lora_tools.device()
         if on.type == "cuda":
             torch.cuda.reset_peak_memory_stats(on)

@@ -200,6 +200,20 @@ def test_extract_recovers_a_known_difference(pack, sd15, files, originals):
     for key in attention[:16]:
         want = 0.7 * hand_change(written, key, originals)
         torch.testing.assert_close(delta_of(lora, key), want, rtol=0, atol=1e-4 * want.abs().max().item())
+    # target "all": every Linear and conv; a 3x3 conv's difference comes out as a LoCon module that saves and loads
+    conv = f"{UNET}input_blocks.1.0.in_layers.2.weight"
+    with torch.no_grad():
+        w = tuned.model.state_dict()[conv]
+        low = (torch.randn(w.shape[0], 2, generator=g) @ torch.randn(2, w[0].numel(), generator=g)).reshape(w.shape)
+        w += low * 0.02
+    lora, _ = extract(model_tuned=tuned, model_base=model, target="all", method="rank", rank=3).result
+    assert set(lora.modules) == set(added) | {conv}
+    down, up = lora.modules[conv]
+    assert down.shape == (3, w.shape[1], 3, 3) and up.shape == (w.shape[0], 3, 1, 1)
+    torch.testing.assert_close(delta_of(lora, conv).reshape(w.shape), (low * 0.02).double(), rtol=0, atol=1e-5)
+    _, (got, _) = save_and_reload(pack, lora, "loom-test/extracted_all", model, None)
+    want = originals[0][conv].double() + delta_of(lora, conv).reshape(w.shape)
+    torch.testing.assert_close(got[conv].double(), want, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="^model_base: the two models have the same weights"):
         extract(model_tuned=model, model_base=model, target="attention", method="rank", rank=4)
     with pytest.raises(ValueError, match="^clip_base: connect both"):
