@@ -61,6 +61,7 @@ class Flag:
     block: str
     kind: str  # "overlap" | "dominates"
     text: str
+    pair: tuple[int, int] | None = None  # the two LoRAs of an overlap
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,8 @@ class Report:
                 if min(b.relative(i), b.relative(j)) < floor:
                     continue
                 how = "reinforce" if cos > 0 else "cancel"
-                out.append(
-                    Flag(b.block, "overlap", f"{b.block}: {self.names[i]} × {self.names[j]} overlap {cos:+.2f} ({how})")
-                )
+                text = f"{b.block}: {self.names[i]} × {self.names[j]} overlap {cos:+.2f} ({how})"
+                out.append(Flag(b.block, "overlap", text, (i, j)))
             if b.combined >= self.dominance_threshold:
                 out.append(
                     Flag(

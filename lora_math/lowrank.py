@@ -23,7 +23,20 @@ from torch import Tensor
 from .adapters import Adapter, LoRA, weight_decompose
 from .adapters.shapes import fmt_shape
 
-__all__ = ["RULES", "Compressed", "Delta", "RankRule", "adapter_delta", "compress", "exact", "inner", "svd"]
+__all__ = [
+    "RULES",
+    "Compressed",
+    "Delta",
+    "RankRule",
+    "adapter_delta",
+    "check_rank",
+    "compress",
+    "exact",
+    "inner",
+    "sq_norm",
+    "sum_deltas",
+    "svd",
+]
 
 RULES = ("rank", "sv_ratio", "energy")
 _OVERSAMPLE = 8
@@ -77,7 +90,9 @@ class Delta:
         )
 
     def to(self, device: torch.device | str) -> Delta:
-        move = lambda t: None if t is None else t.to(device=device, dtype=torch.float32)  # noqa: E731
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device=device, dtype=torch.float32)
+
         return Delta(self.shape, move(self.up), move(self.down), move(self.dense))
 
     def matrix(self) -> Tensor:

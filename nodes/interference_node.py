@@ -42,19 +42,15 @@ def heatmap(report: Report):
     if pairs:
         columns += [f"[{i + 1}]×[{j + 1}]" for i, j in pairs] if by_pair else ["max |overlap|"]
         groups.append(("overlap |cos|", n + 1, len(columns)))
-    flagged = {(f.block, f.kind, f.text) for f in report.flags()}
+    all_flags = report.flags()
+    dominated = {f.block for f in all_flags if f.kind == "dominates"}
+    overlapping = {(f.block, f.pair) for f in all_flags if f.kind == "overlap"}
     values, flags = [], []
     for b in report.blocks:
         row = [b.relative(i) for i in range(n)] + [b.combined]
-        marks = [False] * n + [any(blk == b.block and kind == "dominates" for blk, kind, _ in flagged)]
+        marks = [False] * n + [b.block in dominated]
         cosines = [b.cosine(i, j) for i, j in pairs]
-        overlap_marks = [
-            any(
-                blk == b.block and kind == "overlap" and f"{report.names[i]} × {report.names[j]}" in text
-                for blk, kind, text in flagged
-            )
-            for i, j in pairs
-        ]
+        overlap_marks = [(b.block, pair) in overlapping for pair in pairs]
         if pairs and by_pair:
             row += [None if c is None else abs(c) for c in cosines]
             marks += overlap_marks
@@ -64,7 +60,7 @@ def heatmap(report: Report):
             marks.append(any(overlap_marks))
         values.append(row)
         flags.append(marks)
-    footer = "; ".join(f.text for f in report.flags()[:6]) or "no flags"
+    footer = "; ".join(f.text for f in all_flags[:6]) or "no flags"
     return heatmap_image(
         [b.block for b in report.blocks],
         columns,

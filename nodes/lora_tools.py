@@ -173,7 +173,7 @@ def to_lora(results: dict[str, Compressed], model, operation: str, sources: Sequ
         alpha=float(top),
         rank=top,
         arch=training.arch_of(model.model),
-        base={"model_keys": model_keys, "name": _model_name(model)},
+        base={"model_keys": model_keys, "name": model_name(model)},
         module_alpha=ranks,
         operation=operation,
         sources=tuple(sources),
@@ -181,7 +181,7 @@ def to_lora(results: dict[str, Compressed], model, operation: str, sources: Sequ
     )
 
 
-def _model_name(model) -> str:
+def model_name(model) -> str:
     return type(model.model).__name__
 
 

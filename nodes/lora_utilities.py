@@ -331,8 +331,8 @@ class LoomExtractLora(io.ComfyNode):
             )
         head = [f"extract from {count} {target} weights ({arch}), fine-tuned minus base → plain LoRA"]
         sources = [
-            {"name": lora_tools._model_name(model_tuned), "role": "tuned", "weights": count},
-            {"name": lora_tools._model_name(model_base), "role": "base"},
+            {"name": lora_tools.model_name(model_tuned), "role": "tuned", "weights": count},
+            {"name": lora_tools.model_name(model_base), "role": "base"},
         ]
         lora, text = _finish(results, zero, model_tuned, "extract", rule.describe(), head, sources, started, on)
         lora.notes["target"] = target

@@ -216,7 +216,8 @@ DEBIAN_CHROMIUM = "/usr/bin/chromium"
 
 
 def find_chromium() -> str | None:
-    """$LOOM_CHROMIUM, else `chromium` on PATH, else /usr/bin/chromium (what scripts/loom_browser.py launches)."""
+    """$LOOM_CHROMIUM, else `chromium` on PATH, else /usr/bin/chromium; None when there is none (the one lookup:
+    scripts/loom_browser.py launches what this finds)."""
     env = os.environ.get("LOOM_CHROMIUM", "").strip()
     if env:
         if not (os.path.isfile(env) and os.access(env, os.X_OK)):

@@ -9,10 +9,10 @@ served in place of the user's (nothing is written to the ComfyUI user folder).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+import bootstrap
 
 # Headless on a closed network: no GPU, no sandbox (CI runs as root), no background calls home.
 CHROMIUM_ARGS = [
@@ -24,7 +24,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-DEBIAN_CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -62,19 +61,15 @@ class BrowserMissing(RuntimeError):
 
 def chromium_path() -> str:
     """The Chromium to drive: $LOOM_CHROMIUM, else `chromium` on PATH, else Debian's /usr/bin/chromium."""
-    env = os.environ.get("LOOM_CHROMIUM", "").strip()
-    if env:
-        if not (os.path.isfile(env) and os.access(env, os.X_OK)):
-            raise BrowserMissing(f"LOOM_CHROMIUM={env} is not an executable file")
-        return env
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.access(DEBIAN_CHROMIUM, os.X_OK):
-        return DEBIAN_CHROMIUM
-    raise BrowserMissing(
-        "no Chromium: run `make browser` (installs Debian's chromium package) or set LOOM_CHROMIUM=/path/to/chromium"
-    )
+    try:
+        found = bootstrap.find_chromium()
+    except bootstrap.SetupError as e:
+        raise BrowserMissing(str(e)) from None
+    if found is None:
+        raise BrowserMissing(
+            "no Chromium: run `make browser` (installs Debian's chromium package) or set LOOM_CHROMIUM=/path/to/chromium"
+        )
+    return found
 
 
 def launch(playwright):
