@@ -4,10 +4,13 @@ VENV_PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
 RUFF := .venv/bin/ruff
 
-.PHONY: setup models browser demo serve screenshots test test-unit test-comfy test-browser test-server test-gpu lint format bench clean
+.PHONY: setup setup-upstream models browser demo serve screenshots test test-unit test-comfy test-comfy-upstream test-browser test-server test-server-upstream test-gpu lint format bench clean
 
 setup:            ## venv + ComfyUI (pinned 0.3.75, or COMFYUI_DIR) + the pack linked into custom_nodes
 	@$(PYTHON) scripts/bootstrap.py
+
+setup-upstream: setup   ## upstream ComfyUI (0.28.2 from ../shared/comfyui, or COMFYUI_UPSTREAM_DIR) in .venv-upstream
+	@$(PYTHON) scripts/bootstrap.py --upstream
 
 models: setup     ## small seeded stand-in models (cached in .runtime/models)
 	@$(VENV_PY) scripts/make_models.py
@@ -41,11 +44,18 @@ test-browser: models browser   ## the web UI in Chromium (Playwright) against a 
 	$(PYTEST) tests/browser -q -rx
 test-server: models
 	$(PYTEST) tests/server -q
+# The same tiers on upstream ComfyUI (dynamic VRAM, the weight-patch protocol, its own LoRA nodes), in its own venv;
+# skipped with one line when no upstream tree is found. Tests marked `pinned_only` (version-independent and slow:
+# learning runs, soak) run on the pinned tree alone.
+test-comfy-upstream: models setup-upstream
+	@$(PYTHON) scripts/upstream_tier.py tests/comfy -q -m "not pinned_only"
+test-server-upstream: models setup-upstream
+	@$(PYTHON) scripts/upstream_tier.py tests/server -q -m "not pinned_only"
 test-gpu: models  ## skipped without CUDA; run on a GPU machine
 	$(PYTEST) tests/gpu -q -rs
 
 # GPU tier first: on CI it only reports skips, and the run should end on the tiers that execute tests.
-test: lint test-gpu test-unit test-comfy test-browser test-server   ## everything CI runs
+test: lint test-gpu test-unit test-comfy test-comfy-upstream test-browser test-server test-server-upstream   ## everything CI runs
 
 bench: models
 	$(VENV_PY) bench/patch.py --json

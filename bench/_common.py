@@ -57,8 +57,9 @@ def sync():
         torch.cuda.synchronize()
 
 
-def timed(fn, repeat: int, warmup: int = 1) -> float:
-    """Median wall time of fn() in seconds, GPU work included."""
+def timed(fn, repeat: int, warmup: int = 1, best: bool = False) -> float:
+    """Median (``best``: the fastest) wall time of fn() in seconds, GPU work included. The fastest run is the steadier
+    figure for short calls on a shared CPU, where other work only ever adds time."""
     for _ in range(warmup):
         fn()
     times = []
@@ -68,7 +69,7 @@ def timed(fn, repeat: int, warmup: int = 1) -> float:
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times) if best else statistics.median(times)
 
 
 def emit(result: dict, as_json: bool) -> None:
@@ -139,3 +140,16 @@ def write_loras(model, count: int, rank: int) -> list[str]:
             save_file(sd, str(path))
         names.append(path.name)
     return names
+
+
+def bridge(pack):
+    """The pack's ComfyUI boundary (``nodes.comfy_bridge``; ``nodes.patching`` in checkouts from before it), so a
+    bench runs on an older checkout of the pack too, for before/after figures."""
+    import importlib
+
+    from comfy_env import PACK_MODULE
+
+    try:
+        return importlib.import_module(f"{PACK_MODULE}.nodes.comfy_bridge")
+    except ImportError:
+        return importlib.import_module(f"{PACK_MODULE}.nodes.patching")

@@ -6,6 +6,8 @@ same seed and noise in every case. Cases, each on the same base model:
   base        no LoRA;
   static      one rank-32 LoRA on every attention projection (to_q/to_k/to_v/to_out.0), Loom `apply_stack`;
   scheduled   the same LoRA with LoraSpec(schedule="0:0.2, 1:1"): a linear ramp, a new strength at every step;
+  scheduled_late  the same LoRA at strength 0 for the first half of the steps, then ramping to 1 (what a skipped
+              zero-strength layer would save: the bypass runs the same ops every step, graph-safe);
   static3     three such LoRAs (other seeds), static;
   scheduled3  the three, scheduled: ramp up, ramp down, smooth pulse;
   core_hooks  core's hook scheduling of the one LoRA: `create_hook_lora` and one `HookKeyframe` per step on the same
@@ -26,10 +28,11 @@ import statistics
 import sys
 import time
 
-from _common import ATTN, device_name, emit, full_size_sdxl_on_gpu, parse_args, setup, sync, write_loras
+from _common import ATTN, bridge, device_name, emit, full_size_sdxl_on_gpu, parse_args, setup, sync, write_loras
 
 SCHEDULES = ("0:0.2, 1:1.0", "0:1.0, 1:0.2", "smooth: 0:0.2, 0.5:1.0, 1:0.2")  # ramp up, ramp down, smooth pulse
-CASES = ("base", "static", "scheduled", "static3", "scheduled3", "core_hooks")
+CASES = ("base", "static", "scheduled", "scheduled_late", "static3", "scheduled3", "core_hooks")
+LATE = "0:0, 0.5:0, 1:1"
 CHECK_TOLERANCE = {"cpu": 0.01, "gpu": 0.05}  # strength units; fp16 activations on the GPU
 
 
@@ -137,9 +140,9 @@ def main() -> None:
     import comfy.utils
     import folder_paths
     import torch
-    from comfy_env import PACK_MODULE, comfyui_dir
+    from comfy_env import PACK_MODULE, comfyui_dir, comfyui_version
 
-    patching, lora_files = pack.nodes.patching, pack.nodes.lora_files
+    patching, lora_files = bridge(pack), pack.nodes.lora_files
     schedule_mod = importlib.import_module(f"{PACK_MODULE}.lora_math.schedule")
     has_schedule = "schedule" in {f.name for f in dataclasses.fields(patching.LoraSpec)}
     wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
@@ -150,7 +153,7 @@ def main() -> None:
         cases = [c for c in cases if not c.startswith("scheduled")]
     if not has_schedule and any(c.startswith("scheduled") for c in cases):
         raise SystemExit(
-            "bench/schedule.py: nodes.patching.LoraSpec has no `schedule` field, so the scheduled-LoRA path "
+            "bench/schedule.py: nodes.comfy_bridge.LoraSpec has no `schedule` field, so the scheduled-LoRA path "
             "(issue 4) is not in this tree yet. Run with --skip-scheduled to measure base, static and core hooks only."
         )
 
@@ -172,8 +175,10 @@ def main() -> None:
     probe_key = next((k for k in keys if k.endswith("attn1.to_q.weight")), keys[0])
     probe = StrengthProbe(model, probe_key, lora_sds)  # before any case touches the weights
 
-    def spec(i: int, scheduled: bool):
-        extra = {"schedule": schedules[i]} if scheduled else {}
+    late = schedule_mod.parse_schedule(LATE)
+
+    def spec(i: int, scheduled: bool, schedule=None):
+        extra = {"schedule": schedule or schedules[i]} if scheduled else {}
         return patching.LoraSpec(names[i], parsed[i], 1.0, 0.0, **extra)
 
     def loom(count: int, scheduled: bool):
@@ -212,6 +217,9 @@ def main() -> None:
             return loom(1, False), positive, negative, [ones]
         if case == "scheduled":
             return loom(1, True), positive, negative, ramps[:1]
+        if case == "scheduled_late":
+            patched = patching.apply_stack(model, None, [spec(0, True, late)])[0]
+            return patched, positive, negative, [late.values(steps)]
         if case == "static3":
             return loom(3, False), positive, negative, [ones] * 3
         if case == "scheduled3":
@@ -294,8 +302,9 @@ def main() -> None:
             result[f"{a}_over_{b}"] = round(result[f"{a}_s"] / result[f"{b}_s"], 3)
 
     for a, b in (
-        ("static", "base"), ("scheduled", "static"), ("static3", "static"), ("scheduled3", "static3"),
-        ("core_hooks", "scheduled"), ("core_hooks", "static"), ("core_hooks", "base"),
+        ("static", "base"), ("scheduled", "static"), ("scheduled_late", "static"), ("scheduled_late", "scheduled"),
+        ("static3", "static"), ("scheduled3", "static3"), ("core_hooks", "scheduled"), ("core_hooks", "static"),
+        ("core_hooks", "base"),
     ):  # fmt: skip
         ratio(a, b)
     if args.gpu and "peak_vram_static_gb" in result:
@@ -334,17 +343,6 @@ def main() -> None:
     )
     result["total_s"] = round(time.perf_counter() - t_start, 1)
     emit(result, args.json)
-
-
-def comfyui_version(path) -> str:
-    try:
-        text = (path / "comfyui_version.py").read_text()
-    except OSError:
-        return "unknown"
-    for line in text.splitlines():
-        if line.startswith("__version__"):
-            return line.split("=", 1)[1].strip().strip("\"'")
-    return "unknown"
 
 
 if __name__ == "__main__":

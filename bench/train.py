@@ -51,7 +51,6 @@ import time
 import traceback
 
 from _common import SDXL_FULL, device_name, emit, parse_args, setup, sync
-from schedule import comfyui_version
 
 # Full-size FLUX.1-dev DiT (what ComfyUI's detection calls `Flux`): 19 double and 38 single blocks, ~11.9 B params.
 FLUX_FULL = dict(
@@ -284,9 +283,10 @@ def build_model(args):
 
     if args.flux and args.gpu:
         import comfy.ldm.flux.model
+        from comfy_env import flux_dit_config
 
         def flux():
-            return comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, **FLUX_FULL)
+            return comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, **flux_dit_config(FLUX_FULL))
 
         return random_model_on_gpu(flux, torch.bfloat16), "FLUX.1-dev DiT full size (19+38 blocks), random bf16"
     if args.gpu:
@@ -400,7 +400,7 @@ def main() -> None:
     import comfy.model_management as mm
     import comfy.utils
     import torch
-    from comfy_env import PACK_MODULE, comfyui_dir
+    from comfy_env import PACK_MODULE, comfyui_dir, comfyui_version
 
     training = importlib.import_module(f"{PACK_MODULE}.nodes.training")
     comfy.utils.PROGRESS_BAR_ENABLED = False  # no tqdm lines from core's loop

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from _common import ATTN, device_name, emit, full_size_sdxl_on_gpu, parse_args, setup, sync, timed, write_loras
+from _common import ATTN, bridge, device_name, emit, full_size_sdxl_on_gpu, parse_args, setup, sync, timed, write_loras
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     from comfy_extras.nodes_lora_extract import extract_lora
 
     lowrank = pack.lora_math.lowrank
-    utilities, stack, patching = pack.nodes.lora_utilities, pack.nodes.stack, pack.nodes.patching
+    utilities, stack, patching = pack.nodes.lora_utilities, pack.nodes.stack, bridge(pack)
     if args.gpu:
         base, what = full_size_sdxl_on_gpu(), "SDXL UNet full size, random fp16 weights"
         rank, extract_rank = args.rank or 32, 32

@@ -9,12 +9,20 @@ terms are concatenated along the rank into one ``A [R, in]`` and one ``B [out, R
 fused qkv get zeros outside their rows, so every layer is exactly two GEMMs: ``h = x Aᵀ``, ``out += h Bᵀ``). The
 strengths live in ``A``'s rows: all layers' ``A`` with the same input width share one buffer, rescaled by a single
 kernel when the coefficients change, so a step costs a few kernels, not a loop over layers. alpha/rank and the fixed
-multipliers (model strength × block weight) are folded into ``B`` once. A layer whose channels are all 0 is skipped.
-Other adapters (LoHa, LoKr, Tucker, full diffs, DoRA, conv layers) take :func:`adapters.bypass_forward` per term.
+multipliers (model strength × block weight) are folded into ``B`` once. Other adapters (LoHa, LoKr, Tucker, full
+diffs, DoRA, conv layers) add ``coef_c · Δ(x)``, with Δ at the fixed multiplier (every adapter's bypass output is
+linear in its strength, DoRA's too: ``W + s·(W' − W)``).
+
+Graph-safe by construction (upstream ComfyUI captures resident blocks into CUDA graphs and replays them): a step
+changes only the *contents* of tensors that stay the same objects (the coefficient vector and the rescaled ``A``
+buffers, written in :meth:`BypassBank.set_coefficients`, outside the model call), and :meth:`BypassBank.add` never
+branches on a strength. So a layer whose channels are all 0 still runs its two GEMMs (adding zeros); the cost of
+that is measured in BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .adapters import Adapter, bypass_forward
+from .adapters import Adapter, bypass_delta
 from .merge import is_additive, is_low_rank
 
 __all__ = ["BypassBank", "BypassLayer", "BypassTerm"]
@@ -59,6 +67,13 @@ class BypassLayer:
         return tuple(t for t in self.terms if t not in fast)
 
 
+def _on_device(adapter: Adapter, device: torch.device) -> Adapter:
+    """The adapter with its tensors on ``device`` (dtypes kept: the math casts once, in fp32 where it materialises)."""
+    values = {f.name: getattr(adapter, f.name) for f in dataclasses.fields(adapter)}
+    moved = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in values.items()}
+    return type(adapter)(**moved)
+
+
 class _Group:
     """All fast layers' ``A`` of one input width, for one device/dtype: base rows and their rescaled copy."""
 
@@ -72,7 +87,6 @@ class _Materialised:
     """The bank's factors on one device/dtype (a model may run in fp16 on CUDA and be probed in fp32 on CPU)."""
 
     def __init__(self, bank: BypassBank, device: torch.device, dtype: torch.dtype) -> None:
-        self.version = -1
         by_width: dict[int, tuple[list[Tensor], list[int], list[tuple[int, int, int]]]] = {}
         ups: list[Tensor | None] = []
         for index, layer in enumerate(bank.layers):
@@ -107,11 +121,18 @@ class _Materialised:
             for index, lo, hi in spans:
                 self.down_views[index] = group.scaled[lo:hi]
         self.up_t = [None if u is None else u.t() for u in ups]
+        # The other terms, their adapters on this device; each reads its channel's coefficient, a view that stays
+        # the same tensor for the bank's life.
+        self.coef = torch.zeros(bank.num_channels, dtype=dtype, device=device)
+        self.others = [[(t, _on_device(t.adapter, device)) for t in terms] for terms in bank._others]
+        self.channel_coef = [self.coef[c] for c in range(bank.num_channels)]
+        self.refresh(torch.tensor(bank.values, dtype=torch.float32))
 
-    def refresh(self, coefficients: Tensor, version: int) -> None:
+    def refresh(self, values: Tensor) -> None:
+        """Write the coefficients (CPU fp32 ``[channels]``) into this copy's persistent tensors, in place."""
+        self.coef.copy_(values)
         for group in self.groups:
-            torch.mul(group.base, coefficients[group.row_channel].unsqueeze(1), out=group.scaled)
-        self.version = version
+            torch.mul(group.base, self.coef[group.row_channel].unsqueeze(1), out=group.scaled)
 
 
 class BypassBank:
@@ -119,7 +140,7 @@ class BypassBank:
 
     layers: the patched layers, in a fixed order; :meth:`add` takes a layer's index. num_channels: how many
     coefficients :meth:`set_coefficients` takes. Factors are copied to a device/dtype the first time a layer runs
-    there and kept; :meth:`release` drops those copies.
+    there and kept (the first model call is a warm-up, before any graph capture); :meth:`release` drops the copies.
     """
 
     def __init__(self, layers: Sequence[BypassLayer], num_channels: int) -> None:
@@ -130,11 +151,8 @@ class BypassBank:
                 if not 0 <= term.channel < num_channels:
                     raise ValueError(f"BypassBank: channel {term.channel} outside 0..{num_channels - 1}")
         self._values: tuple[float, ...] = (0.0,) * num_channels
-        self._version = 0
-        self._active = [False] * len(self.layers)
+        self._others = [layer.other_terms for layer in self.layers]
         self._mats: dict[tuple[torch.device, torch.dtype], _Materialised] = {}
-        self._coef: dict[torch.device, tuple[int, Tensor]] = {}
-        self._others = [layer.other_terms for layer in self.layers]  # add() runs per layer per step: no properties
         self._last: tuple[torch.device, torch.dtype, _Materialised] | None = None
 
     @property
@@ -142,38 +160,32 @@ class BypassBank:
         return self._values
 
     def set_coefficients(self, values: Sequence[float]) -> bool:
-        """Set every channel's value (a schedule's strength now); returns whether anything changed."""
+        """Set every channel's value (a schedule's strength now), in place in every device copy; returns whether
+        anything changed. Call it outside the model call: it is the step's only write."""
         values = tuple(float(v) for v in values)
         if len(values) != self.num_channels:
             raise ValueError(f"BypassBank: {len(values)} coefficients for {self.num_channels} channels")
         if values == self._values:
             return False
         self._values = values
-        self._version += 1
-        self._active = [any(values[t.channel] != 0 for t in layer.terms) for layer in self.layers]
+        if self._mats:
+            host = torch.tensor(values, dtype=torch.float32)
+            for mat in self._mats.values():
+                mat.refresh(host)
         return True
 
-    def is_active(self, index: int) -> bool:
-        return self._active[index]
-
-    def _coefficients(self, device: torch.device) -> Tensor:
-        version, tensor = self._coef.get(device, (-1, None))
-        if version != self._version:
-            tensor = torch.tensor(self._values, dtype=torch.float32).to(device)
-            self._coef[device] = (self._version, tensor)
-        return tensor
-
     def _materialised(self, device: torch.device, dtype: torch.dtype) -> _Materialised:
+        last = self._last
+        if last is not None and last[0] == device and last[1] == dtype:
+            return last[2]
         mat = self._mats.get((device, dtype))
         if mat is None:
             mat = self._mats[(device, dtype)] = _Materialised(self, device, dtype)
-        if mat.version != self._version:
-            mat.refresh(self._coefficients(device).to(dtype), self._version)
+        self._last = (device, dtype, mat)
         return mat
 
     def release(self) -> None:
         self._mats.clear()
-        self._coef.clear()
         self._last = None
 
     def add(self, index: int, x: Tensor, out: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -182,15 +194,9 @@ class BypassBank:
         x: the layer input; out: the base layer's output (updated in place when it can be: a fresh, contiguous
         tensor of x's dtype, as linear layers return). weight: the layer's weight, needed only for DoRA terms.
         Runs under the caller's grad mode (ComfyUI samples under no_grad/inference mode; no per-call context here).
+        The same ops on the same tensors at every step: nothing here depends on the coefficients' values.
         """
-        if not self._active[index]:
-            return out
-        device, dtype, last = x.device, x.dtype, self._last
-        if last is not None and last[2].version == self._version and last[0] == device and last[1] == dtype:
-            mat = last[2]
-        else:
-            mat = self._materialised(device, dtype)
-            self._last = (device, dtype, mat)
+        mat = self._materialised(x.device, x.dtype)
         down = mat.down_views[index]
         if down is not None:
             hidden = torch.nn.functional.linear(x, down)
@@ -199,20 +205,23 @@ class BypassBank:
                 out.view(-1, out.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), up_t)
             else:
                 out = out + torch.matmul(hidden, up_t).to(out.dtype)
-        for term in self._others[index]:
-            strength = self._values[term.channel] * term.multiplier
-            if strength == 0:
-                continue
-            dora = getattr(term.adapter, "dora_scale", None) is not None
-            w = weight if dora else None
+        others = mat.others[index]
+        if not others:
+            return out
+        layer = self.layers[index]
+        for term, adapter in others:
+            w = weight if getattr(adapter, "dora_scale", None) is not None else None
+            coef = mat.channel_coef[term.channel]
             if term.rows is None:
-                layer = self.layers[index]
-                out = bypass_forward(
-                    term.adapter, x, out, strength, kind=layer.kind, conv_args=layer.conv_args, weight=w
+                delta = bypass_delta(
+                    adapter, x, out, term.multiplier, kind=layer.kind, conv_args=layer.conv_args, weight=w
                 )
+                out = out + delta * coef.to(delta.dtype)
             else:
                 lo, hi = term.rows
-                if w is not None:
-                    w = w[lo:hi]
-                out[..., lo:hi] = bypass_forward(term.adapter, x, out[..., lo:hi], strength, kind="linear", weight=w)
+                part = out[..., lo:hi]
+                delta = bypass_delta(
+                    adapter, x, part, term.multiplier, kind="linear", weight=None if w is None else w[lo:hi]
+                )
+                out[..., lo:hi] = part + delta * coef.to(delta.dtype)
         return out

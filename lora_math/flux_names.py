@@ -39,6 +39,11 @@ _DOUBLE_PLAIN = {
     "ff.net.2": "img_mlp.2",
     "ff_context.net.0.proj": "txt_mlp.0",
     "ff_context.net.2": "txt_mlp.2",
+    # LyCORIS (SimpleTuner) and FLUX.2 writers name the MLPs by their diffusers FeedForward fields
+    "ff.linear_in": "img_mlp.0",
+    "ff.linear_out": "img_mlp.2",
+    "ff_context.linear_in": "txt_mlp.0",
+    "ff_context.linear_out": "txt_mlp.2",
 }
 _DOUBLE_QKV = {
     "img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
@@ -50,7 +55,14 @@ _XLABS = {
     "processor.qkv_lora2": "txt_attn.qkv",
     "processor.proj_lora2": "txt_attn.proj",
 }
-_SINGLE_PLAIN = {"norm.linear": "modulation.lin", "proj_out": "linear2", "processor.proj_lora": "linear2"}
+_SINGLE_PLAIN = {
+    "norm.linear": "modulation.lin",
+    "proj_out": "linear2",
+    "processor.proj_lora": "linear2",
+    # FLUX.2's diffusers single blocks keep the fused layers whole
+    "attn.to_qkv_mlp_proj": "linear1",
+    "attn.to_out": "linear2",
+}
 _TOP = {
     "x_embedder": "img_in",
     "context_embedder": "txt_in",

@@ -11,7 +11,7 @@ from comfy_api.latest import io
 
 from ..lora_math import keymap, report
 from ..lora_math.keytables import ARCHES, load_keytable
-from . import lora_files, patching
+from . import comfy_bridge, lora_files
 
 OUTPUTS = (
     ("summary", "Everything below in one text."),
@@ -35,7 +35,7 @@ def coverage_text(parsed, model=None, clip=None) -> str:
             return f"not measured: no key table for base model {base!r}; connect a model to measure against it"
         cov, against = report.coverage(parsed, load_keytable(base)), f"the full-size {base} key table"
     else:
-        keys = patching.model_keys(model, clip)
+        keys = comfy_bridge.model_keys(model, clip)
         cov = report.coverage(parsed, keys, denoiser=model is not None, text_encoders=clip is not None)
         against = " and ".join(n for n, x in (("this model", model), ("this CLIP", clip)) if x is not None)
     text = f"{cov['matched']}/{cov['targets']} modules match {against} ({cov['coverage']:.0%})"

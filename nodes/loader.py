@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import lora_files, patching
+from . import comfy_bridge, lora_files
 
 
 class LoomLoraLoader(io.ComfyNode):
@@ -46,6 +46,6 @@ class LoomLoraLoader(io.ComfyNode):
         if strength_model == 0 and (clip is None or strength_clip == 0):
             return io.NodeOutput(model, clip, f"{lora_name}: strengths are 0, nothing applied")
         parsed = lora_files.load(lora_name)  # may raise ValueError naming lora_name
-        spec = patching.LoraSpec(lora_name, parsed, strength_model, strength_clip, schedule=schedule)
-        model, clip, reports = patching.apply_stack(model, clip, [spec])
+        spec = comfy_bridge.LoraSpec(lora_name, parsed, strength_model, strength_clip, schedule=schedule)
+        model, clip, reports = comfy_bridge.apply_stack(model, clip, [spec])
         return io.NodeOutput(model, clip, reports[0].summary() if reports else "nothing applied")

@@ -11,17 +11,18 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import comfy.model_management
 import torch
 
 from ..lora_math import keymap
+from ..lora_math.adapters import Full
 from ..lora_math.interference import block_of
 from ..lora_math.lowrank import Compressed, Delta, adapter_delta
 from ..lora_math.schedule import BlockSchedules
 from ..lora_math.train.result import TrainedLoRA
-from . import lora_files, patching, stack, training
+from . import comfy_bridge, lora_files, stack, training
 
 UNET = "diffusion_model."
 
@@ -30,7 +31,7 @@ def device() -> torch.device:
     return comfy.model_management.get_torch_device()
 
 
-def specs_of(model, clip, lora_stack, input_name: str = "lora_stack") -> list[patching.LoraSpec]:
+def specs_of(model, clip, lora_stack, input_name: str = "lora_stack") -> list[comfy_bridge.LoraSpec]:
     """The LoRAs of a LORA_STACK, parsed and with block weights, as the stack node would apply them."""
     items = stack.read_lora_stack(lora_stack)
     specs, _, warnings = stack.build_specs(model, clip, items) if items else ([], [], [])
@@ -42,9 +43,9 @@ def specs_of(model, clip, lora_stack, input_name: str = "lora_stack") -> list[pa
     return specs
 
 
-def check_one_base(specs: Sequence[patching.LoraSpec], input_name: str = "lora_stack") -> None:
+def check_one_base(specs: Sequence[comfy_bridge.LoraSpec], input_name: str = "lora_stack") -> None:
     """LoRAs made for different base models cannot be combined: name the first pair that disagree."""
-    seen: dict[str, patching.LoraSpec] = {}
+    seen: dict[str, comfy_bridge.LoraSpec] = {}
     for spec in specs:
         guess = keymap.guess_base_model(spec.parsed)
         if guess == "unknown":
@@ -83,18 +84,21 @@ class StackUpdates:
     left_out: collections.Counter  # why patches were not taken: "bias/norm" …
     scheduled: tuple[str, ...]  # names of the LoRAs measured at their schedule's peak
     dora: int = 0  # DoRA modules, taken as their update against the original weight (not additive)
+    # biases and 1-D weights (norms): the stack's summed full update, fp32 CPU, carried over as it is
+    diffs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def stack_updates(model, clip, specs: Sequence[patching.LoraSpec], on: torch.device | None = None) -> StackUpdates:
+def stack_updates(model, clip, specs: Sequence[comfy_bridge.LoraSpec], on: torch.device | None = None) -> StackUpdates:
     """Every layer weight the stack's LoRAs patch, each LoRA's ``strength · blocks · ΔW`` on it (factored)."""
     on = on or device()
-    model_keys = patching.model_keys(model) if model is not None else {}
-    clip_keys = patching.model_keys(None, clip) if clip is not None else {}
+    model_keys = comfy_bridge.model_keys(model) if model is not None else {}
+    clip_keys = comfy_bridge.model_keys(None, clip) if clip is not None else {}
     by_key: dict[str, WeightUpdates] = {}
     left_out: collections.Counter = collections.Counter()
+    diffs: dict[str, torch.Tensor] = {}
     dora = 0
     for index, spec in enumerate(specs):
-        match = patching.match_spec(spec, model, clip)
+        match = comfy_bridge.match_spec(spec, model, clip)
         for p in match.patches:
             if p.key in model_keys:
                 part, patcher, shape, strength = "model", model, model_keys[p.key], spec.strength_model
@@ -108,11 +112,14 @@ def stack_updates(model, clip, specs: Sequence[patching.LoraSpec], on: torch.dev
             if strength == 0:
                 continue
             if not p.key.endswith(".weight") or len(shape) < 2:
-                left_out["bias/norm updates (a plain LoRA cannot hold them)"] += 1
+                if not isinstance(p.adapter, Full):
+                    left_out["bias/norm updates that are not full diffs"] += 1
+                    continue
+                _add_diff(diffs, p, shape, strength)
                 continue
             base = None
             if getattr(p.adapter, "dora_scale", None) is not None:
-                base = patching.original_weight(patcher, p.key)
+                base = comfy_bridge.original_weight(patcher, p.key)
                 dora += 1
             delta = adapter_delta(p.adapter, shape, rows=p.rows, strength=strength, base=base, device=on)
             entry = by_key.get(p.key)
@@ -121,12 +128,26 @@ def stack_updates(model, clip, specs: Sequence[patching.LoraSpec], on: torch.dev
             previous = entry.deltas[index]
             entry.deltas[index] = delta if previous is None else previous + delta
     scheduled = tuple(s.name for s in specs if s.schedule is not None)
-    return StackUpdates(list(by_key.values()), left_out, scheduled, dora)
+    return StackUpdates(list(by_key.values()), left_out, scheduled, dora, diffs)
+
+
+def _add_diff(diffs: dict, p, shape, strength: float) -> None:
+    """``strength · ΔW`` of a full diff on a bias or 1-D weight (its row slice for fused targets), summed per key."""
+    total = diffs.get(p.key)
+    if total is None:
+        total = diffs[p.key] = torch.zeros(shape, dtype=torch.float32)
+    target = total if p.rows is None else total[p.rows[0] : p.rows[1]]
+    target += strength * p.adapter.delta_weight(target.shape, device="cpu")
 
 
 def notes(updates: StackUpdates) -> list[str]:
     """What a report must say about how the stack was read."""
     lines = [f"note: {n} {why} left out" for why, n in updates.left_out.items()]
+    if updates.diffs:
+        lines.append(
+            f"note: {len(updates.diffs)} bias/norm updates are full diffs: carried over as they are (.diff/.diff_b), "
+            "not analysed or resized"
+        )
     if updates.scheduled:
         lines.append("note: scheduled LoRAs are taken at their schedule's peak: " + ", ".join(updates.scheduled))
     if updates.dora:
@@ -139,14 +160,14 @@ def notes(updates: StackUpdates) -> list[str]:
 
 def base_sq_norm(model, clip, w: WeightUpdates, on: torch.device) -> float:
     patcher = model if w.part == "model" else clip.patcher
-    weight = patching.original_weight(patcher, w.key)
+    weight = comfy_bridge.original_weight(patcher, w.key)
     return float(weight.to(device=on, dtype=torch.float32).pow(2).sum(dtype=torch.float64))
 
 
 # --- LOOM_LORA results ---------------------------------------------------------------------------------------------
 
 
-def source_record(spec: patching.LoraSpec) -> dict:
+def source_record(spec: comfy_bridge.LoraSpec) -> dict:
     return {
         "name": spec.name,
         "sha256": lora_files.sha256(spec.name, spec.input_name),
@@ -160,14 +181,17 @@ def source_record(spec: patching.LoraSpec) -> dict:
     }
 
 
-def to_lora(results: dict[str, Compressed], model, operation: str, sources: Sequence[dict], notes: dict) -> TrainedLoRA:
-    """Per-weight plain LoRAs as a LOOM_LORA: alpha = rank per module (scale 1), fp32 CPU factors."""
+def to_lora(
+    results: dict[str, Compressed], model, operation: str, sources: Sequence[dict], notes: dict, diffs=None
+) -> TrainedLoRA:
+    """Per-weight plain LoRAs as a LOOM_LORA: alpha = rank per module (scale 1), fp32 CPU factors; ``diffs`` (bias and
+    norm full updates) carried over."""
     if not results:
         raise ValueError(f"{operation}: no weight received an update; nothing to save")
     modules = {k: (c.down.float().cpu(), c.up.float().cpu()) for k, c in results.items()}
     ranks = {k: float(c.rank) for k, c in results.items()}
     top = int(max(ranks.values()))
-    model_keys = [k for k in patching.model_keys(model) if k.startswith(UNET)]
+    model_keys = [k for k in comfy_bridge.model_keys(model) if k.startswith(UNET)]
     return TrainedLoRA(
         modules=modules,
         alpha=float(top),
@@ -178,6 +202,7 @@ def to_lora(results: dict[str, Compressed], model, operation: str, sources: Sequ
         operation=operation,
         sources=tuple(sources),
         notes=notes,
+        diffs=dict(diffs or {}),
     )
 
 

@@ -17,7 +17,7 @@ from comfy_api.latest import io, ui
 from ..lora_math import lowrank
 from ..lora_math.lowrank import Delta, RankRule
 from ..lora_math.train import export
-from . import lora_files, lora_tools, patching, training
+from . import comfy_bridge, lora_files, lora_tools, training
 
 _LORA = io.Custom("LOOM_LORA")
 _RULE_TOOLTIP = (
@@ -53,15 +53,26 @@ def _rule_inputs(default_rank: int) -> list:
     ]
 
 
+_UNNAMEABLE = "text-encoder updates that kohya LoRA files cannot name (T5, embeddings …)"
+
+
 def _savable(model, updates: lora_tools.StackUpdates) -> list:
-    """The weights a kohya file can name for this model; the rest (a T5 encoder's) is noted as left out."""
+    """The weights a kohya file can name for this model; the rest (a T5 encoder's) is noted as left out. Full diffs
+    of weights it cannot name are dropped from ``updates.diffs`` the same way."""
     encoders = export.TEXT_ENCODER_PREFIXES.get(training.arch_of(model.model), {})
+
+    def nameable(key: str) -> bool:
+        return key.startswith(lora_tools.UNET) or (key.split(".", 1)[0] in encoders and export.CLIP_LAYER.search(key))
+
     keep = []
     for w in updates.weights:
-        if w.part == "model" or (w.key.split(".", 1)[0] in encoders and export.CLIP_LAYER.search(w.key)):
+        if w.part == "model" or nameable(w.key):
             keep.append(w)
         else:
-            updates.left_out["text-encoder updates that kohya LoRA files cannot name (T5, embeddings …)"] += 1
+            updates.left_out[_UNNAMEABLE] += 1
+    for key in [k for k in updates.diffs if not nameable(export.layer_key(k))]:
+        del updates.diffs[key]
+        updates.left_out[_UNNAMEABLE] += 1
     return keep
 
 
@@ -79,13 +90,15 @@ def _compress_updates(weights, rule: RankRule | None):
     return lora_tools.compress_all(pairs, one)
 
 
-def _finish(results, zero, model, operation: str, rule_text: str, head: list[str], sources, started: float, on):
+def _finish(
+    results, zero, model, operation: str, rule_text: str, head: list[str], sources, started: float, on, diffs=None
+):
     if not results:
         raise ValueError(f"{operation}: no weight received a non-zero update; nothing to save")
     text, notes = lora_tools.kept_report(results, rule_text, zero)
     elapsed = time.perf_counter() - started
     notes["seconds"] = round(elapsed, 3)
-    lora = lora_tools.to_lora(results, model, operation, sources, notes)
+    lora = lora_tools.to_lora(results, model, operation, sources, notes, diffs)
     lines = [*head, text, f"took {elapsed:.2f} s on {on}"]
     return lora, "\n".join(lines)
 
@@ -125,19 +138,18 @@ class LoomMergeLoras(io.ComfyNode):
         head = [f"merge of {len(specs)} LoRA(s), model/clip strengths baked in: {names}"]
         head += lora_tools.notes(updates)
         sources = [lora_tools.source_record(s) for s in specs]
-        lora, text = _finish(
-            results, zero, model, "merge", "exact" if rule is None else rule.describe(), head, sources, started, on
-        )
+        rule_text = "exact" if rule is None else rule.describe()
+        lora, text = _finish(results, zero, model, "merge", rule_text, head, sources, started, on, updates.diffs)
         lora.notes["mode"] = mode
         return io.NodeOutput(lora, text, ui=ui.PreviewText(text))
 
 
-def _single(model, clip, lora_name: str) -> patching.LoraSpec:
+def _single(model, clip, lora_name: str) -> comfy_bridge.LoraSpec:
     parsed = lora_files.load(lora_name, "lora_name")
-    return patching.LoraSpec(lora_name, parsed, 1.0, 1.0, None, "lora_name")
+    return comfy_bridge.LoraSpec(lora_name, parsed, 1.0, 1.0, None, "lora_name")
 
 
-def _algorithms(spec: patching.LoraSpec) -> str:
+def _algorithms(spec: comfy_bridge.LoraSpec) -> str:
     kinds: dict[str, int] = {}
     for adapter in spec.parsed.modules.values():
         kind = type(adapter).__name__ + ("+DoRA" if getattr(adapter, "dora_scale", None) is not None else "")
@@ -157,9 +169,8 @@ def _resize(model, clip, lora_name: str, rule: RankRule, operation: str):
     )
     head = [f"{operation} {lora_name} ({spec.parsed.format}: {_algorithms(spec)}; {source_rank}) → plain LoRA"]
     head += lora_tools.notes(updates)
-    return _finish(
-        results, zero, model, operation, rule.describe(), head, [lora_tools.source_record(spec)], started, on
-    )
+    sources = [lora_tools.source_record(spec)]
+    return _finish(results, zero, model, operation, rule.describe(), head, sources, started, on, updates.diffs)
 
 
 def _lora_name_input():
@@ -246,9 +257,9 @@ def _extract_keys(model, arch: str, target: str) -> list[str]:
 def _pairs(tuned, base, keys: list[str], input_name: str, on: torch.device):
     """(key, fine-tuned − base) per weight, one layer on the device at a time: peak memory is a layer."""
     for key in keys:
-        t = patching.effective_weight(tuned, key, on)
+        t = comfy_bridge.effective_weight(tuned, key, on)
         try:
-            b = patching.effective_weight(base, key, on)
+            b = comfy_bridge.effective_weight(base, key, on)
         except AttributeError:
             b = None
         if b is None or tuple(b.shape) != tuple(t.shape):
@@ -318,7 +329,7 @@ class LoomExtractLora(io.ComfyNode):
         count = len(keys)
         if clip_tuned is not None:
             pattern = _CLIP_TARGETS[target]
-            clip_keys = [k for k in patching.model_keys(None, clip_tuned) if pattern.search(k)]
+            clip_keys = [k for k in comfy_bridge.model_keys(None, clip_tuned) if pattern.search(k)]
             weights = itertools.chain(
                 weights, _pairs(clip_tuned.patcher, clip_base.patcher, clip_keys, "clip_base", on)
             )

@@ -86,6 +86,11 @@ def _made_by(lora) -> str:
     return f"{lora.operation} of {n} {noun}{'' if n == 1 else 's'}"
 
 
+def _diffs(lora) -> str:
+    n = len(getattr(lora, "diffs", {}))
+    return f" + {n} bias/norm diffs" if n else ""
+
+
 def _rank_alpha(lora) -> str:
     """``rank 4, alpha 8`` for a trained LoRA (or any LoRA of one rank and alpha); ranges when modules differ."""
     ranks = sorted({lora.rank_of(k) for k in lora.modules}) if lora.operation != "train" else [lora.rank]
@@ -181,7 +186,7 @@ class LoomSaveLora(io.ComfyNode):
                 "lora: this LoRA carries no list of the model's weight keys (base['model_keys']), which SD1.x/SD2 "
                 f"names need; {again}"
             )
-        names = export.kohya_names(lora.modules, lora.arch, keys)
+        names = export.kohya_names(export.named_keys(lora), lora.arch, keys)
         export.save(path, lora, names, scope, PurePosixPath(rel).stem, overwrite=overwrite, dtype=DTYPES[save_dtype])
         if hasattr(folder_paths, "filename_list_cache"):  # list it at once, even where mtimes are coarse
             folder_paths.filename_list_cache.pop("loras", None)
@@ -189,7 +194,7 @@ class LoomSaveLora(io.ComfyNode):
         shown = os.path.join(*rel.split("/"))  # as ComfyUI's loader lists name it on this system
         size = path.stat().st_size
         text = (
-            f"saved {shown} ({len(lora.modules)} modules, {_rank_alpha(lora)}, {save_dtype}, "
+            f"saved {shown} ({len(lora.modules)} modules{_diffs(lora)}, {_rank_alpha(lora)}, {save_dtype}, "
             f"{size / 2**20:.1f} MiB) in {root}"
         )
         if lora.operation == "train":

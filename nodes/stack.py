@@ -32,7 +32,7 @@ from comfy_api.latest import io
 
 from ..lora_math import blocks, keymap
 from ..lora_math.schedule import parse_any_schedule
-from . import lora_files, patching
+from . import comfy_bridge, lora_files
 
 log = logging.getLogger("lora_loom")
 
@@ -212,7 +212,7 @@ def _label(item: StackItem) -> str:
     return text + (f", blocks {item.blocks.strip()!r})" if item.blocks.strip() else ")")
 
 
-def build_specs(model, clip, items: list[StackItem]) -> tuple[list[patching.LoraSpec], list, list[str]]:
+def build_specs(model, clip, items: list[StackItem]) -> tuple[list[comfy_bridge.LoraSpec], list, list[str]]:
     """Stack items -> (LoRA specs, per item its spec index and label or a skip line, block-weight warnings)."""
     keys, arch = None, None
     specs, order, warnings = [], [], []  # order: per item, its report line or the index of its spec
@@ -224,14 +224,16 @@ def build_specs(model, clip, items: list[StackItem]) -> tuple[list[patching.Lora
         weights = None
         if item.blocks.strip():
             if keys is None:
-                keys = patching.model_keys(model, clip)
+                keys = comfy_bridge.model_keys(model, clip)
                 arch = blocks.arch_of(keys)
             weights = _block_weights(item, parsed, keys, arch)
             warnings.extend(weights.warnings)
         block_weight = None if weights is None or weights.is_identity else weights
         order.append((len(specs), _label(item)))
         schedule = parse_item_schedule(item)
-        specs.append(patching.LoraSpec(item.name, parsed, item.model, item.clip, block_weight, item.where, schedule))
+        specs.append(
+            comfy_bridge.LoraSpec(item.name, parsed, item.model, item.clip, block_weight, item.where, schedule)
+        )
     return specs, order, warnings
 
 
@@ -302,7 +304,7 @@ class LoomLoraStack(io.ComfyNode):
         if not items:
             return io.NodeOutput(model, clip, out_stack, "nothing enabled: model and clip unchanged")
         specs, order, warnings = build_specs(model, clip, items)
-        new_model, new_clip, reports = patching.apply_stack(model, clip, specs)
+        new_model, new_clip, reports = comfy_bridge.apply_stack(model, clip, specs)
         lines = []
         for n, entry in enumerate(order, 1):
             if isinstance(entry, tuple):

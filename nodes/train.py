@@ -17,7 +17,7 @@ from ..lora_math import formats
 from ..lora_math.train import TrainedLoRA
 from ..lora_math.train import export as export_mod
 from ..lora_math.train.lr import LR_SCHEDULES
-from . import curve_image, lora_files, patching, training
+from . import comfy_bridge, curve_image, lora_files, training
 
 log = logging.getLogger("lora_loom")
 OPTIMIZERS = ("adamw",)
@@ -91,7 +91,9 @@ def apply_trained(model, lora: TrainedLoRA):
     names = export_mod.kohya_names(list(lora.modules), lora.arch, keys)
     state = export_mod.to_state_dict(lora, names, dtype=torch.float32)
     parsed = formats.parse(state, {})
-    new_model, _, reports = patching.apply_stack(model, None, [patching.LoraSpec("trained LoRA", parsed, 1.0, 0.0)])
+    new_model, _, reports = comfy_bridge.apply_stack(
+        model, None, [comfy_bridge.LoraSpec("trained LoRA", parsed, 1.0, 0.0)]
+    )
     return new_model, reports[0]
 
 

@@ -1,13 +1,12 @@
 """Training a LoRA on the MODEL already in the graph: the ComfyUI side (model, conditioning, loop, progress).
 
 The frozen base runs in its own dtype; only the targeted layers get a differentiable low-rank side path
-(``lora_math.train.factors``) through their ``forward``, so nothing rebuilds ``W + ΔW`` and no second copy of the
-model exists. Latents and text embeddings are computed once per image/caption (cached by content hash across
+(``lora_math.train.factors``, hooked on by ``comfy_bridge.train_hooks``), so nothing rebuilds ``W + ΔW`` and no
+second copy of the model exists. Latents and text embeddings are computed once per image/caption (cached by content hash across
 runs). fp16 models train with a gradient scaler; the LoRA factors are fp32 masters.
 
 ComfyUI runs nodes under ``torch.inference_mode``; tensors made there cannot be saved for backward, so the loop
-runs with inference mode off, and model parameters that were created as inference tensors are re-made as normal
-tensors once (same values, same dtype and device).
+runs with inference mode off (and ``train_hooks`` re-makes parameters that were created as inference tensors).
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from ..lora_math.train import buckets as buckets_mod
 from ..lora_math.train import lr as lr_mod
 from ..lora_math.train.factors import lora_delta
 from ..lora_math.train.objective import denoising_loss, sample_progress
+from . import comfy_bridge
 
 log = logging.getLogger("lora_loom")
 
@@ -250,97 +250,6 @@ class Settings:
         return {k: v for k, v in self.__dict__.items() if k != "extra"} | self.extra
 
 
-class _Bypass:
-    """Differentiable low-rank side paths on the target modules (installed for the run, removed after)."""
-
-    def __init__(self, modules: dict[str, torch.nn.Module], factors: LoraFactors) -> None:
-        self.entries = []
-        scale = factors.scale
-        for key, module in modules.items():
-            own = module.__dict__.get("forward")
-            inner = own or module.forward
-            down, up = factors.down[key], factors.up[key]
-
-            def forward(x, *args, _inner=inner, _down=down, _up=up, **kwargs):
-                return _inner(x, *args, **kwargs) + lora_delta(x, _down, _up, scale)
-
-            module.forward = forward
-            self.entries.append((module, forward, own))
-
-    def remove(self) -> None:
-        for module, forward, own in reversed(self.entries):
-            if module.__dict__.get("forward") is forward:
-                if own is None:
-                    del module.forward
-                else:
-                    module.forward = own
-
-
-_BLOCK_NAMES = {"BasicTransformerBlock", "DoubleStreamBlock", "SingleStreamBlock", "JointBlock"}
-# Blocks that add to their input tensors in place (ComfyUI's FLUX blocks: ``img += …``, ``txt += …``, ``x += …``),
-# and the norms that read those tensors first: autograd saves a LayerNorm's input for backward, so the in-place add
-# would corrupt it ("modified by an inplace operation"). Each of these norms gets a copy of its input instead.
-_INPLACE_NORMS = {
-    "DoubleStreamBlock": ("img_norm1", "img_norm2", "txt_norm1", "txt_norm2"),
-    "SingleStreamBlock": ("pre_norm",),
-}
-
-
-def _copy_norm_inputs(diffusion_model) -> list:
-    patched = []
-    for block in diffusion_model.modules():
-        for name in _INPLACE_NORMS.get(type(block).__name__, ()):
-            norm = getattr(block, name, None)
-            if norm is None:
-                continue
-            own = norm.__dict__.get("forward")
-            inner = own or norm.forward
-
-            def forward(x, *args, _inner=inner, **kwargs):
-                return _inner(x.clone(), *args, **kwargs)
-
-            norm.forward = forward
-            patched.append((norm, forward, own))
-    return patched
-
-
-def _on_copies(inner, *args, **kwargs):
-    """Run a block on copies of its tensor inputs: the checkpoint keeps the originals for recomputation intact."""
-
-    def copy(v):
-        return v.clone() if isinstance(v, torch.Tensor) else v
-
-    return inner(*[copy(a) for a in args], **{k: copy(v) for k, v in kwargs.items()})
-
-
-def _checkpoint_blocks(diffusion_model) -> list:
-    patched = []
-    for module in diffusion_model.modules():
-        if type(module).__name__ in _BLOCK_NAMES:
-            own = module.__dict__.get("forward")
-            inner = own or module.forward
-            if type(module).__name__ in _INPLACE_NORMS:
-                inner = functools.partial(_on_copies, inner)
-
-            def forward(*args, _inner=inner, **kwargs):
-                return torch.utils.checkpoint.checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-
-            module.forward = forward
-            patched.append((module, forward, own))
-    return patched
-
-
-def _normal_tensors(module: torch.nn.Module) -> None:
-    """Parameters/buffers made under inference mode cannot be saved for backward: re-make them (same values)."""
-    for sub in module.modules():
-        for name, p in list(sub.named_parameters(recurse=False)):
-            if p.is_inference():
-                sub._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
-        for name, b in list(sub.named_buffers(recurse=False)):
-            if b is not None and b.is_inference():
-                sub._buffers[name] = b.clone()
-
-
 @dataclass
 class Run:
     """Everything the loop needs, prepared by the node."""
@@ -420,16 +329,12 @@ def _train(run: Run) -> TrainedLoRA:
     history = list(run.resume.loss_history) if run.resume is not None else []
     done = 0
     interrupted = False
-    was_training = getattr(comfy.model_management, "in_training", False)
-    requires = {n: p.requires_grad for n, p in base.named_parameters()}
-    bypass = checkpointed = copied = None
-    try:
-        comfy.model_management.in_training = True
-        base.requires_grad_(False)
-        _normal_tensors(base.diffusion_model)
-        bypass = _Bypass(modules, factors)
-        copied = _copy_norm_inputs(base.diffusion_model)
-        checkpointed = _checkpoint_blocks(base.diffusion_model) if s.gradient_checkpointing else []
+    scale = factors.scale
+    side_paths = {
+        module: functools.partial(lora_delta, down=factors.down[key], up=factors.up[key], scale=scale)
+        for key, module in modules.items()
+    }
+    with comfy_bridge.train_hooks.trainable(base, side_paths, device, s.gradient_checkpointing):
         for step in range(start, s.steps):
             try:
                 comfy.model_management.throw_exception_if_processing_interrupted()
@@ -460,18 +365,6 @@ def _train(run: Run) -> TrainedLoRA:
             done += 1
             if run.on_step is not None:
                 run.on_step(step + 1, value, factors)
-    finally:
-        for module, forward, own in [*reversed(checkpointed or []), *reversed(copied or [])]:
-            if module.__dict__.get("forward") is forward:
-                if own is None:
-                    del module.forward
-                else:
-                    module.forward = own
-        if bypass is not None:
-            bypass.remove()
-        for n, p in base.named_parameters():
-            p.requires_grad_(requires.get(n, False))
-        comfy.model_management.in_training = was_training
     return TrainedLoRA(
         modules=factors.snapshot(),
         alpha=s.alpha,

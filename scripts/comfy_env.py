@@ -26,18 +26,47 @@ class RuntimeMissing(RuntimeError):
     pass
 
 
+def runtime() -> str:
+    """Which ComfyUI this process works with: ``pinned`` (0.3.75, or COMFYUI_DIR) or ``upstream`` (LOOM_RUNTIME)."""
+    name = os.environ.get("LOOM_RUNTIME", "pinned").strip() or "pinned"
+    if name not in ("pinned", "upstream"):
+        raise RuntimeMissing(f"LOOM_RUNTIME={name} is not a runtime: use pinned or upstream")
+    return name
+
+
 def comfyui_dir() -> Path:
-    env = os.environ.get("COMFYUI_DIR", "").strip()
+    upstream = runtime() == "upstream"
+    env = os.environ.get("COMFYUI_UPSTREAM_DIR" if upstream else "COMFYUI_DIR", "").strip()
+    stamp = RUNTIME / ("comfyui-upstream.json" if upstream else "comfyui.json")
     if env:
         path = Path(env).expanduser().resolve()
     else:
         try:
-            path = Path(json.loads((RUNTIME / "comfyui.json").read_text())["comfyui_dir"])
+            path = Path(json.loads(stamp.read_text())["comfyui_dir"])
         except (OSError, ValueError, KeyError) as e:
-            raise RuntimeMissing("no ComfyUI runtime set up: run `make setup` (or `make test`) first") from e
+            what = "`make setup-upstream`" if upstream else "`make setup` (or `make test`)"
+            raise RuntimeMissing(f"no {runtime()} ComfyUI runtime set up: run {what} first") from e
     if not (path / "comfy").is_dir():
         raise RuntimeMissing(f"{path} is not a ComfyUI tree: run `make setup`, or fix COMFYUI_DIR")
     return path
+
+
+def comfyui_version(path: Path | None = None) -> str:
+    """The tree's ``__version__`` (comfyui_version.py), without importing ComfyUI."""
+    try:
+        text = ((path or comfyui_dir()) / "comfyui_version.py").read_text()
+    except OSError:
+        return "unknown"
+    for line in text.splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    return "unknown"
+
+
+def describe_runtime() -> str:
+    """One line naming the ComfyUI a tier runs on (the test logs start with it)."""
+    path = comfyui_dir()
+    return f"ComfyUI {comfyui_version(path)} ({runtime()}) at {path}, python {sys.executable}"
 
 
 def import_comfy(cpu: bool = True) -> Path:
@@ -87,3 +116,14 @@ def extra_model_paths_yaml(path: Path, extra: dict[str, list[str]] | None = None
         lines += [f"    {d}" for d in dirs]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def flux_dit_config(config: dict) -> dict:
+    """FLUX.1 DiT keyword arguments for the ComfyUI imported here. Upstream (0.2x+) added ``FluxParams`` fields
+    that its detection fills in for FLUX.1 (``txt_ids_dims=[]``); 0.3.75 refuses them. Call after import_comfy."""
+    import comfy.ldm.flux.model as flux
+
+    out = dict(config)
+    if "txt_ids_dims" in getattr(flux.FluxParams, "__dataclass_fields__", {}):
+        out.setdefault("txt_ids_dims", [])
+    return out

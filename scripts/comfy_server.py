@@ -20,7 +20,8 @@ from pathlib import Path
 
 from comfy_env import INPUT, RUNTIME, comfyui_dir, extra_model_paths_yaml
 
-VENV_PYTHON = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
+# The server runs on the Python running this (each ComfyUI runtime has its own venv: .venv, .venv-upstream).
+SERVER_PYTHON = Path(sys.executable)
 # Lines that mean the pack (or any custom node) failed to load.
 IMPORT_FAILURE_MARKERS = ("IMPORT FAILED", "Cannot import", "Error while calling comfy_entrypoint", "did not return")
 
@@ -60,7 +61,7 @@ class ComfyServer:
         self.output_dir.mkdir(exist_ok=True)
         INPUT.mkdir(parents=True, exist_ok=True)
         cfg = extra_model_paths_yaml(self.workdir / "extra_model_paths.yaml", self.extra_paths)
-        cmd = [str(VENV_PYTHON), "main.py", "--listen", "127.0.0.1", "--port", str(self.port)]
+        cmd = [str(SERVER_PYTHON), "main.py", "--listen", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--extra-model-paths-config", str(cfg), "--output-directory", str(self.output_dir)]
         cmd += ["--input-directory", str(INPUT)]
         cmd += ["--disable-auto-launch"] + (["--cpu"] if self.cpu else [])

@@ -115,9 +115,16 @@ def targetable_shapes(module, torch, prefix: str = "") -> dict[str, list[int]]:
     return out
 
 
+def unet_config(arch: str) -> dict:
+    from comfy_env import flux_dit_config  # scripts/ is on the path: this file lives there
+
+    config = dict(UNET_CONFIGS[arch])
+    return flux_dit_config(config) if arch == "flux" else config
+
+
 def build_table(arch: str, comfy, torch) -> dict[str, list[int]]:
     """Build the ``arch`` model (denoiser + its text encoders) on ``meta`` and collect the targetable keys."""
-    model_config = comfy.model_detection.model_config_from_unet_config(dict(UNET_CONFIGS[arch]))
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config(arch))
     found = type(model_config).__name__ if model_config is not None else None
     if found != EXPECTED_MODEL_CLASS[arch]:
         raise SystemExit(f"{arch}: ComfyUI detected {found!r}, expected {EXPECTED_MODEL_CLASS[arch]!r}")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_env import INPUT, MODELS, import_comfy  # noqa: E402
+from comfy_env import INPUT, MODELS, flux_dit_config, import_comfy  # noqa: E402
 
 GENERATOR_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
@@ -98,7 +98,7 @@ def flux_shapes() -> dict[str, tuple[int, ...]]:
     import comfy.ops
 
     with torch.device("meta"):
-        dit = comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, **FLUX_DIT)
+        dit = comfy.ldm.flux.model.Flux(operations=comfy.ops.disable_weight_init, **flux_dit_config(FLUX_DIT))
     return meta_shapes(dit)
 
 

@@ -12,7 +12,28 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 TIERS = ("unit", "comfy", "server", "gpu", "browser")
+COMFY_TIERS = ("comfy", "server", "gpu", "browser")  # the tiers that run a real ComfyUI
 sys.path.insert(0, str(REPO / "scripts"))
+
+
+def pytest_sessionstart(session):
+    """Name the ComfyUI a tier runs on, first thing in its log (`make test` runs some tiers on two of them)."""
+    tiers = set()
+    for arg in session.config.args:
+        try:
+            tiers.add(Path(arg.split("::")[0]).resolve().relative_to(TESTS).parts[0])
+        except (ValueError, IndexError):
+            continue
+    if tiers & set(COMFY_TIERS):
+        from comfy_env import RuntimeMissing, describe_runtime
+
+        try:
+            line = describe_runtime()
+        except RuntimeMissing as e:
+            line = str(e)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"[loom] {'/'.join(sorted(tiers))} tier on {line}")
 
 
 def pytest_collection_modifyitems(items):

@@ -3,11 +3,12 @@
     LoRA (plain, LoCon, Tucker) | LoHa | LoKr | Full     -> .rank, .scale, .delta_weight(shape, device)
     merged_weight(weight, adapter, strength)              -> patched weight (DoRA included), weight.dtype
     bypass_forward(adapter, x, base_out, strength, *, kind, conv_args=None, weight=None) -> patched output
+    bypass_delta(...same arguments)                     -> strength * Δ(x), the output's update alone
 
 Each algorithm module holds its pure ``diff_weight`` (unscaled ΔW in fp32); ``apply`` holds merge and bypass.
 """
 
-from .apply import Adapter, bypass_forward, merged_bias, merged_weight
+from .apply import Adapter, bypass_delta, bypass_forward, merged_bias, merged_weight
 from .dora import dora_axis, weight_decompose
 from .full import Full
 from .loha import LoHa
@@ -20,6 +21,7 @@ __all__ = [
     "LoHa",
     "LoKr",
     "LoRA",
+    "bypass_delta",
     "bypass_forward",
     "dora_axis",
     "merged_bias",

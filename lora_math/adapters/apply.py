@@ -21,7 +21,7 @@ from .lora import LoRA
 from .ops import CONV_DIMS, KINDS, ConvArgs, layer_op, parse_conv_args
 from .shapes import fmt_shape, fp32
 
-__all__ = ["Adapter", "bypass_forward", "merged_bias", "merged_weight"]
+__all__ = ["Adapter", "bypass_delta", "bypass_forward", "merged_bias", "merged_weight"]
 
 Adapter = LoRA | LoHa | LoKr | Full
 
@@ -105,13 +105,30 @@ def bypass_forward(
     x: layer input (linear ``[..., in]``, conv ``[N, C_in, *spatial]``); base_out: the unpatched layer's output
     (bias included). kind: "linear", "conv1d", "conv2d" or "conv3d". conv_args: the layer's ``stride``, ``padding``,
     ``dilation``, ``groups``, ``padding_mode`` (``torch.nn.Conv*`` defaults when missing) and optionally
-    ``kernel_size``. weight: the layer's base weight; optional, except for DoRA.
+    ``kernel_size``. weight: the layer's base weight; optional, except for DoRA. See :func:`bypass_delta`.
+    """
+    return base_out + bypass_delta(adapter, x, base_out, strength, kind=kind, conv_args=conv_args, weight=weight)
+
+
+def bypass_delta(
+    adapter: Adapter,
+    x: Tensor,
+    base_out: Tensor,
+    strength: float,
+    *,
+    kind: str,
+    conv_args: Mapping[str, Any] | None = None,
+    weight: Tensor | None = None,
+) -> Tensor:
+    """``strength * Δ(x)`` in ``base_out.dtype``, the adapter's contribution to the layer output; ``base_out`` is only
+    read for its shape (checked against the adapter) and dtype. Arguments as :func:`bypass_forward`.
 
     LoRA runs factored, ``up(mid(down(x)))`` with strength * alpha/rank on the rank-r activation, never building ΔW
     (grouped convs excepted). LoHa, LoKr and Full materialise ΔW (fp32, scaled, times strength, cast once to
     ``x.dtype``) and run the layer op with it; Full's ``diff_b`` is added as a bias. DoRA needs the base weight, since
     its magnitude rescales the whole of ``W + ΔW``: it materialises ``merged - W`` in fp32 and runs the op with that.
     Without ``weight=`` a DoRA adapter raises NotImplementedError (patch the weight with :func:`merged_weight`).
+    Every case is linear in ``strength`` (DoRA's too: ``W + s·(W' − W)``).
     """
     if kind not in KINDS:
         raise ValueError(f"bypass_forward: kind must be one of {list(KINDS)}, found {kind!r}")
@@ -143,4 +160,4 @@ def bypass_forward(
     if isinstance(adapter, Full) and adapter.diff_b is not None:
         bias = (adapter.delta_bias((shape[0],), device=x.device) * strength).to(x.dtype)
         delta_out = delta_out + (bias if conv is None else bias.reshape(-1, *[1] * conv.nd))
-    return base_out + delta_out.to(base_out.dtype)
+    return delta_out.to(base_out.dtype)

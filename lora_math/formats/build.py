@@ -95,11 +95,17 @@ def build_adapters(
 ) -> tuple[dict[str, Adapter], list[str]]:
     """Build every module's adapter. Returns ({module: adapter}, keys left over such as orphan alphas).
 
-    A ``lora_B.bias`` beside a low-rank pair becomes an extra ``"<module>.bias"`` entry holding ``Full(diff_b=…)``.
+    A ``lora_B.bias`` beside a low-rank pair becomes an extra ``"<module>.bias"`` entry holding ``Full(diff_b=…)``;
+    so does a ``.diff_b`` beside another algorithm's parts (ComfyUI's own trainer writes ``X.lora_up``/``lora_down``/
+    ``alpha`` and ``X.diff_b`` for every layer with a bias).
     """
     adapters: dict[str, Adapter] = {}
     leftover: list[str] = []
     for module, mp in modules.items():
+        full = mp.parts.get("full")
+        if full is not None and set(full) == {"diff_b"} and any(a not in ("shared", "bias", "full") for a in mp.parts):
+            adapters[f"{module}.bias"] = Full(diff_b=full["diff_b"])
+            mp = ModuleParts({a: parts for a, parts in mp.parts.items() if a != "full"}, mp.keys, mp.suffixes)
         if not any(a not in ("shared", "bias") for a in mp.parts):
             if "bias" in mp.parts:
                 adapters[f"{module}.bias"] = Full(diff_b=mp.parts["bias"]["diff_b"])

@@ -226,14 +226,28 @@ def _check_factors(key: str, down: Tensor, up: Tensor) -> None:
         raise ValueError(f"{key}: factors must be {expected}; got {list(down.shape)} and {list(up.shape)}")
 
 
+def layer_key(key: str) -> str:
+    """The layer weight key a model key names: ``X.bias`` -> ``X.weight`` (a bias diff is saved under its layer's
+    name), weight keys unchanged."""
+    return key[: -len(".bias")] + ".weight" if key.endswith(".bias") else key
+
+
+def named_keys(lora: TrainedLoRA) -> list[str]:
+    """The model keys :func:`kohya_names` must name for :func:`to_state_dict`: the modules, and the layers of the
+    full diffs."""
+    return list(dict.fromkeys([*lora.modules, *(layer_key(k) for k in lora.diffs)]))
+
+
 def to_state_dict(lora: TrainedLoRA, names: Mapping[str, str], dtype: torch.dtype = torch.float16) -> dict[str, Tensor]:
-    """kohya tensors: ``NAME.lora_down.weight``, ``NAME.lora_up.weight`` (``dtype``), ``NAME.alpha`` (0-dim fp32).
+    """kohya tensors: ``NAME.lora_down.weight``, ``NAME.lora_up.weight`` (``dtype``), ``NAME.alpha`` (0-dim fp32);
+    full diffs as ``NAME.diff`` (a 1-D weight's) and ``NAME.diff_b`` (a bias's), in ``dtype``.
 
     Factors are written as given: linear ``down [r, in]``, ``up [out, r]``, or conv (LoCon) ``down [r, in, kh, kw]``,
     ``up [out, r, 1, 1]``; ``NAME.alpha`` is ``lora.alpha_of(key)`` (each module's own alpha when ``module_alpha``
-    gives one), so ``ΔW = alpha / r · up @ down`` for every module whatever its rank.
+    gives one), so ``ΔW = alpha / r · up @ down`` for every module whatever its rank. ``names``: from
+    ``kohya_names(named_keys(lora), …)``.
     """
-    if not lora.modules:
+    if not lora.modules and not lora.diffs:
         raise ValueError("lora: the LoRA holds no modules; nothing to save")
     out: dict[str, Tensor] = {}
     for key, (down, up) in lora.modules.items():
@@ -244,6 +258,11 @@ def to_state_dict(lora: TrainedLoRA, names: Mapping[str, str], dtype: torch.dtyp
         for part, t in (("lora_down", down), ("lora_up", up)):
             out[f"{name}.{part}.weight"] = _cast(f"{key} {part}", t, dtype)
         out[f"{name}.alpha"] = torch.tensor(lora.alpha_of(key), dtype=torch.float32)
+    for key, diff in lora.diffs.items():
+        name = names.get(layer_key(key))
+        if name is None:
+            raise ValueError(f"{key}: no kohya name for this weight's layer (names were made for another model?)")
+        out[f"{name}.diff_b" if key.endswith(".bias") else f"{name}.diff"] = _cast(f"{key} diff", diff, dtype)
     return out
 
 

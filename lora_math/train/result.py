@@ -40,6 +40,9 @@ class TrainedLoRA:
         "lora"}`` (extract: ``role`` ``"tuned"`` | ``"base"``).
     notes: utilities: operation details (``{"rank_rule": "energy 0.9", "relative_error": 0.031, "modules": 140}``),
         JSON-able; saved as ``loom_operation_details``.
+    diffs: utilities: full updates of weights a low-rank pair cannot hold, carried over as they are: ComfyUI model key
+        of a bias (``….bias``) or a 1-D weight (a norm's ``….weight``) -> fp32 CPU ΔW of that shape, strength applied;
+        saved as kohya/LyCORIS ``NAME.diff_b`` / ``NAME.diff`` (core ComfyUI and Loom read both).
     """
 
     modules: Mapping[str, tuple[Tensor, Tensor]]
@@ -57,6 +60,7 @@ class TrainedLoRA:
     operation: str = "train"
     sources: tuple[Mapping[str, Any], ...] = ()
     notes: Mapping[str, Any] = field(default_factory=dict)
+    diffs: Mapping[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.operation not in OPERATIONS:

@@ -1,7 +1,7 @@
 """Comfy tier: real comfy.* objects in-process, on the generated small models (CPU)."""
 
 import pytest
-from comfy_env import MODELS, import_comfy, load_pack, register_model_folders
+from comfy_env import MODELS, flux_dit_config, import_comfy, load_pack, register_model_folders
 
 import_comfy(cpu=True)
 register_model_folders()
@@ -62,3 +62,59 @@ def patched_state(patcher) -> dict:
     sd = {k: v.detach().clone() for k, v in patcher.model.state_dict().items()}
     patcher.unpatch_model()
     return sd
+
+
+def as_dynamic(patcher):
+    """``patcher`` as upstream's dynamic-VRAM patcher presents itself (``is_dynamic()`` True). On a CPU upstream's
+    ``ModelPatcherDynamic`` returns a plain ModelPatcher, so tests take the dynamic paths this way and drive
+    upstream's per-weight patch protocol (``LowVramPatch``) themselves."""
+    from comfy.model_patcher import ModelPatcher
+
+    class DynamicPatcher(ModelPatcher):
+        def is_dynamic(self):
+            return True
+
+    patcher.__class__ = DynamicPatcher
+    return patcher
+
+
+# A small FLUX.1-dev-shaped DiT (guidance embedding, double + single blocks), 16 latent channels, 2×2 patches.
+FLUX_CONFIG = {
+    "image_model": "flux",
+    "in_channels": 16,
+    "out_channels": 16,
+    "vec_in_dim": 64,
+    "context_in_dim": 64,
+    "hidden_size": 128,
+    "mlp_ratio": 4.0,
+    "num_heads": 2,
+    "depth": 1,
+    "depth_single_blocks": 1,
+    "axes_dim": [16, 24, 24],
+    "theta": 10000,
+    "patch_size": 2,
+    "qkv_bias": True,
+    "guidance_embed": True,
+}
+
+
+def tiny_flux(seed: int, dtype=None):
+    """ComfyUI's own Flux BaseModel from its model config, weights seeded (ComfyUI's ops leave them uninitialised)."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    import torch
+
+    config = comfy.supported_models.Flux(flux_dit_config(FLUX_CONFIG))
+    config.set_inference_dtype(dtype or torch.float32, None)
+    base = config.get_model({})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in base.diffusion_model.named_parameters():
+            if name.endswith(".scale"):  # RMSNorm scales
+                p.fill_(1.0)
+            elif p.ndim == 1:
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)

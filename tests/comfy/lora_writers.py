@@ -623,9 +623,15 @@ def flux_diffusers(model, folder: Path, seed: int) -> WrittenLoRA:
 
     keys = ModelKeys(model)
     wr = _Writer(keys, folder, _name("flux-diffusers", seed), seed, torch.bfloat16)
-    for dif, target in sorted(comfy.utils.flux_to_diffusers(keys.unet_config, output_prefix=UNET).items()):
+    written = set()
+    # Upstream's table also lists other writers' names for the same weights (LyCORIS ``ff.linear_in``, FLUX.2's
+    # ``attn.to_out``): a diffusers file names each weight once, by its first (diffusers) name.
+    for dif, target in comfy.utils.flux_to_diffusers(keys.unet_config, output_prefix=UNET).items():
         if not dif.endswith(".weight") or "norm_q" in dif or "norm_k" in dif or "norm_added" in dif:
             continue
+        if repr(target) in written or "to_qkv_mlp_proj" in dif:  # FLUX.2's fused name: not in a FLUX.1 file
+            continue
+        written.add(repr(target))
         module = "transformer." + dif[: -len(".weight")]
         transform = None
         if isinstance(target, tuple):

@@ -371,7 +371,7 @@ STACK_CLIP = (0.5, 1.1, -0.8)
 def test_mixed_stack_matches_chained_core_loaders(against, writers, sd15_fp16, pack, loras):
     """Three formats stacked on the same weights, strengths (0.7, -0.4, 1.2) on the model and (0.5, 1.1, -0.8) on
     CLIP, through ``patching.apply_stack``, against three core LoraLoaders chained (or the reference)."""
-    patching, lora_files = pack.nodes.patching, pack.nodes.lora_files
+    patching, lora_files = pack.nodes.comfy_bridge, pack.nodes.lora_files
     written = [write(sd15_fp16.model, sd15_fp16.clip, loras, 100 + i) for i, write in enumerate(writers)]
     applied = list(zip(written, STACK_MODEL, STACK_CLIP, strict=True))
     specs = [patching.LoraSpec(w.name, lora_files.load(w.name), sm, sc) for w, sm, sc in applied]

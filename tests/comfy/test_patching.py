@@ -2,7 +2,7 @@
 
 import comfy.model_management as mm
 import torch
-from conftest import SD15_LORA
+from conftest import SD15_LORA, as_dynamic
 
 ATTN = (".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight")
 
@@ -100,14 +100,7 @@ def test_unpatch_restores_bit_exact(pack, model):
 
 
 def test_dynamic_patchers_get_core_patches_not_in_place_writes(pack, model):
-    from comfy.model_patcher import ModelPatcher
-
-    class DynamicPatcher(ModelPatcher):  # upstream's ModelPatcherDynamic answers True here
-        def is_dynamic(self):
-            return True
-
-    dynamic = model.clone()
-    dynamic.__class__ = DynamicPatcher
+    dynamic = as_dynamic(model.clone())
     out = loom(pack, dynamic, 0.8)
     assert "lora_loom" not in out.injections
     assert len(out.patches) == 56
@@ -140,11 +133,11 @@ def test_cached_key_matches_die_with_their_parsed_file(pack, model):
     import folder_paths
     from lora_loom.lora_math import formats, io
 
-    patching = pack.nodes.patching
+    patching = pack.nodes.comfy_bridge
     tensors, metadata = io.load_state_dict(folder_paths.get_full_path("loras", SD15_LORA))
     private = formats.parse(tensors, metadata)
     patching.apply_stack(model, None, [patching.LoraSpec("private", private, 0.5, 0)])
-    info = patching._info(model)
+    info = patching.model_info.info(model)
     token = (id(private), id(info))
     assert token in info.matches
     del private, tensors

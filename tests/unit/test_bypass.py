@@ -56,15 +56,33 @@ def test_linear_layers_with_channels_rows_and_mixed_adapters(dtype):
             torch.testing.assert_close(out, expected, rtol=0, atol=TOL[dtype] * scale)
 
 
-def test_zero_coefficients_skip_the_layer_and_changes_are_reported():
+def test_zero_coefficients_add_exactly_nothing_and_changes_are_reported():
     layer = BypassLayer(8, "linear", (BypassTerm(lora(8, 4, seed=1), 0),))
     bank = BypassBank([layer], 1)
     x, base = rand(3, 4, seed=2), rand(3, 8, seed=3)
-    assert bank.add(0, x, base.clone()).equal(base)  # coefficients start at 0
+    assert bank.add(0, x, base.clone()).equal(base)  # coefficients start at 0: the layer runs and adds zeros
     assert bank.set_coefficients([0.5]) and not bank.set_coefficients([0.5])
     assert not bank.add(0, x, base.clone()).equal(base)
     bank.set_coefficients([0.0])
-    assert not bank.is_active(0)
+    assert bank.add(0, x, base.clone()).equal(base)
+
+
+def test_coefficients_change_in_place_in_tensors_that_stay_the_same():
+    """What a CUDA graph replay needs: a step writes new values into the same tensors, nothing is re-made."""
+    loha = LoHa(rand(8, 2, seed=4), rand(2, 4, seed=5), rand(8, 2, seed=6), rand(2, 4, seed=7))
+    layer = BypassLayer(8, "linear", (BypassTerm(lora(8, 4, seed=1), 0), BypassTerm(loha, 1, 0.5)))
+    bank = BypassBank([layer], 2)
+    x = rand(3, 4, seed=2)
+    bank.add(0, x, rand(3, 8, seed=3))
+    mat = bank._materialised(x.device, x.dtype)
+    before = [
+        mat.coef.data_ptr(),
+        *(g.scaled.data_ptr() for g in mat.groups),
+        *(c.data_ptr() for c in mat.channel_coef),
+    ]
+    bank.set_coefficients([0.25, -1.0])
+    after = [mat.coef.data_ptr(), *(g.scaled.data_ptr() for g in mat.groups), *(c.data_ptr() for c in mat.channel_coef)]
+    assert after == before and mat.coef.tolist() == [0.25, -1.0]
 
 
 def test_conv_and_dora_terms_take_the_generic_path():

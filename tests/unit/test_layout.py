@@ -26,3 +26,62 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert ci[-1].strip() in ("make test", "exec make test")
     readme = (REPO / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+# ComfyUI's internals a pack can reach into: only the boundary package (nodes/comfy_bridge/) may import them.
+INTERNALS = ("comfy.model_patcher", "comfy.patcher_extension", "comfy.weight_adapter", "comfy.lora", "comfy.hooks")
+BRIDGE = REPO / "nodes" / "comfy_bridge"
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_only_the_bridge_package_imports_comfyui_internals():
+    product = [p for p in [*REPO.glob("*.py"), *(REPO / "nodes").rglob("*.py"), *(REPO / "lora_math").rglob("*.py")]]
+    offenders = {}
+    for path in product:
+        if BRIDGE in path.parents:
+            continue
+        hits = sorted(m for m in _imports(path) if any(m == i or m.startswith(i + ".") for i in INTERNALS))
+        if hits:
+            offenders[str(path.relative_to(REPO))] = hits
+    assert not offenders, f"only nodes/comfy_bridge/ may import ComfyUI internals; found: {offenders}"
+    # and the bridge really is where they are used (the check would pass vacuously on a renamed package)
+    used = set().union(*(_imports(p) for p in BRIDGE.glob("*.py")))
+    assert {"comfy.lora", "comfy.patcher_extension", "comfy.weight_adapter.base"} <= used
+
+
+def test_module_forwards_are_replaced_in_one_place():
+    """``module.forward = …`` (and hook registration) only in the bridge's module_hooks."""
+    pattern = re.compile(r"\.forward\s*=(?!=)|register_forward(_pre)?_hook")
+    sites = {}
+    for path in [*(REPO / "nodes").rglob("*.py"), *(REPO / "lora_math").rglob("*.py")]:
+        lines = [i + 1 for i, line in enumerate(path.read_text().splitlines()) if pattern.search(line)]
+        if lines:
+            sites[str(path.relative_to(REPO))] = lines
+    assert set(sites) == {"nodes/comfy_bridge/module_hooks.py"}, sites
+
+
+def test_model_patcher_writes_live_in_the_bridge():
+    writes = re.compile(
+        r"\.(add_patches|set_attachments|set_injections|add_wrapper(_with_key)?|add_callback(_with_key)?|"
+        r"add_object_patch|add_weight_wrapper|set_model_\w+)\(|\.patches_uuid\s*=|\.backup\["
+    )
+    sites = {}
+    for path in [*(REPO / "nodes").rglob("*.py"), *(REPO / "lora_math").rglob("*.py")]:
+        if BRIDGE in path.parents:
+            continue
+        lines = [i + 1 for i, line in enumerate(path.read_text().splitlines()) if writes.search(line)]
+        if lines:
+            sites[str(path.relative_to(REPO))] = lines
+    assert not sites, f"ModelPatcher writes outside nodes/comfy_bridge/: {sites}"

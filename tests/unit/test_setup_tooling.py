@@ -205,3 +205,50 @@ def test_no_apt_get_names_the_alternatives(monkeypatch):
     _no_chromium(monkeypatch, {}, root=True)
     with pytest.raises(bootstrap.SetupError, match="no apt-get.*LOOM_CHROMIUM"):
         bootstrap.ensure_chromium()
+
+
+# --- the upstream runtime ----------------------------------------------------------------------------------------
+
+
+def test_upstream_dir_that_is_not_comfyui_stops_with_one_clear_line(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "COMFYUI_UPSTREAM_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bootstrap.py"), "--upstream"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0
+    assert "COMFYUI_UPSTREAM_DIR=" in proc.stderr and "is not a ComfyUI tree" in proc.stderr
+
+
+def test_upstream_tarball_with_wrong_sha256_is_refused_and_nothing_is_unpacked(tmp_path, monkeypatch):
+    import tarfile
+
+    monkeypatch.setattr(bootstrap, "RUNTIME", tmp_path)
+    fake = tmp_path / "comfyui-0.28.2-src.tar.gz"
+    (tmp_path / "ComfyUI").mkdir()
+    (tmp_path / "ComfyUI" / "main.py").write_text("print('not the real one')\n")
+    with tarfile.open(fake, "w:gz") as tar:
+        tar.add(tmp_path / "ComfyUI", arcname="ComfyUI")
+    dest = tmp_path / "ComfyUI-upstream"
+    with pytest.raises(
+        bootstrap.SetupError, match=r"has sha256 [0-9a-f]{64}, expected 8e04978d.*not ComfyUI v0\.28\.2"
+    ):
+        bootstrap.unpack_upstream(fake, dest)
+    assert not dest.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("comfyui-upstream-")] == []  # no temp dir left
+
+
+def test_no_upstream_tree_means_one_skip_line_that_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+    import upstream_tier
+
+    monkeypatch.setattr(bootstrap, "RUNTIME", tmp_path)
+    monkeypatch.setattr(bootstrap, "UPSTREAM_STAMP", tmp_path / "comfyui-upstream.json")
+    monkeypatch.setattr(bootstrap, "UPSTREAM_TARBALL", tmp_path / "absent.tar.gz")
+    monkeypatch.delenv("COMFYUI_UPSTREAM_DIR", raising=False)
+    bootstrap.setup_upstream()
+    monkeypatch.setattr(upstream_tier, "STAMP", tmp_path / "comfyui-upstream.json")
+    capsys.readouterr()
+    assert upstream_tier.main(["tests/comfy", "-q"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.count("\n") == 0 and out.startswith("[upstream] skipped tests/comfy -q: no upstream ComfyUI;")
+    assert "COMFYUI_UPSTREAM_DIR" in out and "comfyui-0.28.2-src.tar.gz" in out

@@ -1,0 +1,278 @@
+"""Kernel-launching ops per step, counted on full-size architectures on the ``meta`` device (no weights allocated).
+
+On a GPU, what separates LoRA work from the bare model is mostly the number of small kernels launched (each costs
+the host ~10–25 µs; see shared/docs/anchors.md), and launch counts need no GPU: every op is dispatched on ``meta``
+(nothing computed) through a ``TorchDispatchMode`` that counts it.
+
+Counting convention: every dispatched aten op counts once, except views and metadata-only ops (``is_view`` ops,
+``_unsafe_view``, ``detach``, ``alias``, allocations with no kernel: ``empty*``, ``lift_fresh``). Attention is one
+op (``scaled_dot_product_attention`` is counted as the single fused kernel a GPU runs; on ``meta`` it would
+decompose into its math). ComfyUI runs with its PyTorch attention (``--use-pytorch-cross-attention``), as on a GPU.
+
+Cases (SDXL UNet full size, fp16, 1024², batch 2 = cond + uncond in one call, LoRAs of rank 32 on the 560 attention
+projections):
+  base_forward              one model call, no LoRA
+  merge_strength_change_N   0.3.75 fast path: re-apply N LoRAs at new strengths (Loom's in-place delta merge; eager
+                            here, one CUDA-graph replay on a GPU)
+  dynamic_repatch_N         upstream dynamic VRAM: after a strength change every patched weight is re-patched as it
+                            loads (``LowVramPatch`` → ``calculate_weight`` per weight, in the compute dtype), with
+                            Loom's patch objects, not counting the cast of the weight itself (ComfyUI does that for
+                            every weight); ``core_dynamic_repatch_N`` the same with core's LoRA adapters. Weights
+                            that are not resident (low VRAM) pay this at every model call.
+  bypass_call_N             one model call with N LoRAs as a low-rank bypass (what static LoRAs would cost per call
+                            on a dynamic model if they took the bypass; what scheduled LoRAs cost everywhere)
+  bypass_over_base_N        bypass_call_N / base_forward
+Run: ``python bench/launches.py [--json]`` (a minute or two on a CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+
+from _common import REPO, SDXL_FULL, bridge, emit
+
+sys.path.insert(0, str(REPO / "scripts"))
+
+RANK = 32
+SIDE = 1024
+
+
+def _setup():
+    from comfy_env import comfyui_dir, comfyui_version, load_pack
+
+    path = comfyui_dir()
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.use_pytorch_cross_attention = True  # one SDPA kernel per attention, as on a GPU
+    import comfy.model_management  # noqa: F401
+
+    return load_pack(), comfyui_version(path)
+
+
+class OpCounter:
+    """Counts kernel-launching ops dispatched while active (see the module docstring for what counts)."""
+
+    def __init__(self) -> None:
+        import torch
+        from torch.overrides import TorchFunctionMode
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        aten = torch.ops.aten
+        skip = {
+            aten._unsafe_view.default,
+            aten.detach.default,
+            aten.alias.default,
+            aten.lift_fresh.default,
+            aten.empty.memory_format,
+            aten.empty_strided.default,
+            aten.empty_like.default,
+        }
+        counter = self
+        self.count = 0
+        self.paused = 0
+        self.by_op: dict[str, int] = {}
+
+        class _Dispatch(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if not counter.paused and not func.is_view and func not in skip:
+                    counter.count += 1
+                    counter.by_op[str(func)] = counter.by_op.get(str(func), 0) + 1
+                return out
+
+        class _Function(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                if func is torch.nn.functional.scaled_dot_product_attention and not counter.paused:
+                    counter.paused += 1
+                    try:
+                        out = func(*args, **(kwargs or {}))
+                    finally:
+                        counter.paused -= 1
+                    counter.count += 1
+                    counter.by_op["sdpa (one fused kernel)"] = counter.by_op.get("sdpa (one fused kernel)", 0) + 1
+                    return out
+                return func(*args, **(kwargs or {}))
+
+        self._modes = (_Function(), _Dispatch())
+
+    @contextlib.contextmanager
+    def active(self):
+        with self._modes[0], self._modes[1]:
+            yield self
+
+
+def count(fn) -> int:
+    import torch
+
+    counter = OpCounter()
+    with torch.no_grad(), counter.active():
+        fn()
+    return counter.count
+
+
+def sdxl_on_meta():
+    """A ModelPatcher around ComfyUI's SDXL BaseModel built on ``meta`` (fp16), as its loaders build it."""
+    import comfy.model_detection
+    import comfy.model_patcher
+    import torch
+
+    config = comfy.model_detection.model_config_from_unet_config(dict(SDXL_FULL))
+    config.set_inference_dtype(torch.float16, None)
+    with torch.device("meta"):
+        base = config.get_model({}, device="meta")
+    meta = torch.device("meta")
+    return comfy.model_patcher.ModelPatcher(base, load_device=meta, offload_device=meta)
+
+
+def sdxl_inputs():
+    import torch
+
+    side = SIDE // 8
+    meta = dict(device="meta", dtype=torch.float16)
+    return (
+        torch.empty(2, 4, side, side, **meta),
+        torch.empty(2, device="meta"),
+        {"context": torch.empty(2, 77, 2048, **meta), "y": torch.empty(2, 2816, **meta)},
+    )
+
+
+def attention_loras(patcher, count: int, rank: int = RANK):
+    """``count`` parsed LoRAs (Loom's form) of rank ``rank`` on every attention projection, tensors on ``meta``."""
+    import torch
+    from lora_loom.lora_math.adapters import LoRA
+    from lora_loom.lora_math.formats import ParsedLoRA
+
+    targets = {k: v.shape for k, v in patcher.model.state_dict().items() if k.endswith(_attn())}
+    out = []
+    for _ in range(count):
+        modules = {
+            key[: -len(".weight")]: LoRA(
+                down=torch.empty(rank, shape[1], device="meta", dtype=torch.float16),
+                up=torch.empty(shape[0], rank, device="meta", dtype=torch.float16),
+                alpha=float(rank),
+            )
+            for key, shape in targets.items()
+        }
+        out.append(ParsedLoRA("kohya", modules, {}))
+    return out, len(targets)
+
+
+def _attn():
+    from _common import ATTN
+
+    return ATTN
+
+
+def core_patches(patcher, count: int, rank: int = RANK) -> dict:
+    """Core's own LoRA adapters for the same targets: ``{key: [adapter per LoRA]}``."""
+    import torch
+    from comfy.weight_adapter.lora import LoRAAdapter
+
+    out = {}
+    for key, shape in ((k, v.shape) for k, v in patcher.model.state_dict().items() if k.endswith(_attn())):
+        out[key] = [
+            LoRAAdapter(
+                set(),
+                (
+                    torch.empty(shape[0], rank, device="meta", dtype=torch.float16),
+                    torch.empty(rank, shape[1], device="meta", dtype=torch.float16),
+                    float(rank),
+                    None,
+                    None,
+                    None,
+                ),
+            )
+            for _ in range(count)
+        ]
+    return out
+
+
+def repatch_ops(patcher) -> int:
+    """What upstream's dynamic loader runs per patched weight after a change, beyond casting the weight it loads:
+    ``calculate_weight`` on the weight in the compute dtype (``LowVramPatch.__call__``), for every key with patches."""
+    import comfy.lora
+
+    loaded = {key: patcher.model.get_parameter(key).detach().clone() for key in patcher.patches}
+
+    def run():
+        for key, patches in patcher.patches.items():
+            comfy.lora.calculate_weight(patches, loaded[key], key, intermediate_dtype=loaded[key].dtype)
+
+    return count(run)
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+    pack, version = _setup()
+    import torch
+    from lora_loom.lora_math.schedule import parse_schedule
+
+    bridge_mod = bridge(pack)
+    base = sdxl_on_meta()
+    x, t, kw = sdxl_inputs()
+    diffusion_model = base.model.diffusion_model
+    result: dict = {"bench": "launches", "comfyui": version, "rank": RANK, "side": SIDE}
+    result["base_forward"] = count(lambda: diffusion_model(x, t, **kw))
+
+    for n in (1, 3):
+        loras, targets = attention_loras(base, n)
+        result["targets"] = targets
+        specs = [bridge_mod.LoraSpec(f"l{i}", p, 0.5 + 0.1 * i, 0.0) for i, p in enumerate(loras)]
+
+        # 0.3.75's fast path: merged in place; a strength change moves the weights by the deltas
+        first = bridge_mod.apply_stack(base, None, specs)[0]
+        bridge_mod.merge_injection.reconcile(first)
+        again = [bridge_mod.LoraSpec(s.name, s.parsed, s.strength_model + 0.25, 0.0) for s in specs]
+        second = bridge_mod.apply_stack(base, None, again)[0]
+        result[f"merge_strength_change_{n}"] = count(lambda p=second: bridge_mod.merge_injection.reconcile(p))
+        base.unpatch_model()
+
+        # upstream dynamic VRAM: Loom patch objects, re-patched per weight by ComfyUI
+        dynamic = bridge_mod.apply_stack(_as_dynamic(base.clone()), None, specs)[0]
+        result[f"dynamic_repatch_{n}"] = repatch_ops(dynamic)
+        core = base.clone()
+        for key, adapters in core_patches(base, n).items():
+            for adapter in adapters:
+                core.add_patches({key: adapter}, 0.6)
+        result[f"core_dynamic_repatch_{n}"] = repatch_ops(core)
+
+        # the bypass (scheduled LoRAs; or static ones, were they to take it)
+        ramp = parse_schedule("0:0.2, 1:1")
+        scheduled = [bridge_mod.LoraSpec(s.name, s.parsed, s.strength_model, 0.0, schedule=ramp) for s in specs]
+        patched = bridge_mod.apply_stack(base, None, scheduled)[0]
+        bridge_mod.schedule_bypass.install(patched)
+        installed = bridge_mod.schedule_bypass.installed_on(patched.model)
+        installed.set_progress(0.3)
+        with torch.no_grad():
+            diffusion_model(x, t, **kw)  # the first call copies the factors to the device (a warm-up)
+        installed.set_progress(0.6)
+        result[f"bypass_call_{n}"] = count(lambda: diffusion_model(x, t, **kw))
+        bridge_mod.schedule_bypass.uninstall(patched.model)
+        result[f"bypass_over_base_{n}"] = round(result[f"bypass_call_{n}"] / result["base_forward"], 3)
+    result["seconds"] = round(time.perf_counter() - t_start, 1)
+    emit(result, args.json)
+
+
+def _as_dynamic(patcher):
+    from comfy.model_patcher import ModelPatcher
+
+    class Dynamic(ModelPatcher):  # how upstream's ModelPatcherDynamic presents itself (is_dynamic)
+        def is_dynamic(self):
+            return True
+
+    patcher.__class__ = Dynamic
+    return patcher
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Per model (shared by all its clones): weight keys and shapes, and each LoRA file's key match against them."""
+
+from __future__ import annotations
+
+import collections
+import weakref
+from collections.abc import Sequence
+
+from ...lora_math import keymap
+from ...lora_math.formats import ParsedLoRA
+
+_MATCH_CACHE_SIZE = 64
+
+
+class ModelInfo:
+    """Key shapes, fast-path eligibility per key, key matches per file, for one ``torch.nn.Module``."""
+
+    def __init__(self, module) -> None:
+        self.keys = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        self.eligible: dict[str, bool] = {}
+        # (id(parsed), models) -> match. Entries die with their parsed file (the file cache decides how
+        # long that lives), so this cache never keeps a LoRA's tensors in memory on its own.
+        self.matches: collections.OrderedDict = collections.OrderedDict()
+
+
+_infos: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def info(patcher) -> ModelInfo:
+    found = _infos.get(patcher.model)
+    if found is None:
+        found = _infos[patcher.model] = ModelInfo(patcher.model)
+    return found
+
+
+def infos(model, clip) -> list[ModelInfo]:
+    return [info(p) for p in (model, clip.patcher if clip is not None else None) if p is not None]
+
+
+def model_keys(model, clip=None) -> dict[str, tuple[int, ...]]:
+    """Weight key -> shape for a MODEL and/or CLIP, as ComfyUI's patchers name them (cached per model)."""
+    keys: dict[str, tuple[int, ...]] = {}
+    for found in infos(model, clip):
+        keys.update(found.keys)
+    return keys
+
+
+def cached_match(name: str, parsed: ParsedLoRA, input_name: str, models: Sequence[ModelInfo]) -> keymap.KeyMatch:
+    """Key match of a parsed file against the given models, cached while both live; ValueError naming
+    ``input_name`` when nothing in the file matches."""
+    cache = models[0].matches
+    token = (id(parsed), *(id(i) for i in models))
+    if token in cache:
+        cache.move_to_end(token)
+        match = cache[token]
+    else:
+        keys: dict[str, tuple[int, ...]] = {}
+        for found in models:
+            keys.update(found.keys)
+        match = cache[token] = keymap.match(parsed, keys)
+        weakref.finalize(parsed, cache.pop, token, None)  # before its id can be reused
+        while len(cache) > _MATCH_CACHE_SIZE:
+            cache.popitem(last=False)
+    if not match.patches:
+        guess = keymap.guess_base_model(parsed)
+        raise ValueError(
+            f"{input_name}: nothing in '{name}' ({parsed.format}, {match.targets} modules) matches this model"
+            + (f"; it looks like a {guess} LoRA" if guess != "unknown" else "")
+            + "; load it with a matching checkpoint"
+        )
+    return match
