@@ -190,7 +190,7 @@ def test_bypass_leaves_with_its_patcher(pack, model):
     sample(patched)
     key = next(iter(patched.get_attachment("lora_loom_schedule").terms))
     module = comfy.utils.get_attr(model.model, key.rpartition(".")[0])
-    assert len(module._forward_hooks) == 1 and "forward" not in module.__dict__  # a hook: forward is never replaced
+    assert len(module._forward_hooks) == 1  # a hook (module.forward is not ours to replace)
     assert torch.equal(sample(model), base)  # the base model computes without it
     original = {k: v.clone() for k, v in model.model.state_dict().items()}
     for _ in range(2):
