@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.pinned_only  # image drawing, no ComfyUI version in it: runs once, on 0.3.75
+
 ROWS = ["IN04", "IN05", "MID", "OUT03", "TE"]
 COLUMNS = ["lora_a.safetensors", "lora_b", "combined", "max overlap"]
 GROUPS = [("relative update ‖sΔW‖/‖W‖", 0, 3), ("overlap |cos|", 3, 4)]

@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.pinned_only  # image drawing, no ComfyUI version in it: runs once, on 0.3.75
+
 
 @pytest.fixture(scope="module")
 def chart(pack):
