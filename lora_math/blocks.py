@@ -4,7 +4,9 @@
 
 - UNets (SD1/SD2/SDXL, LDM key names): ``diffusion_model.input_blocks.N…`` -> ``INnn``,
   ``diffusion_model.middle_block…`` -> ``MID``, ``diffusion_model.output_blocks.N…`` -> ``OUTnn``.
-- FLUX: ``diffusion_model.double_blocks.N…`` -> ``Dnn``, ``diffusion_model.single_blocks.N…`` -> ``Snn``.
+- FLUX.1 / FLUX.2 / Chroma: ``diffusion_model.double_blocks.N…`` -> ``Dnn``, ``….single_blocks.N…`` -> ``Snn``.
+- SD3 / SD3.5: ``diffusion_model.joint_blocks.N…`` -> ``Jnn``; Z-Image: ``diffusion_model.layers.N…`` -> ``Lnn`` (its
+  noise and context refiners are BASE); Qwen-Image: ``diffusion_model.transformer_blocks.N…`` -> ``Bnn``.
 - Everything else is ``BASE``: the text encoders (``clip_l/clip_g/clip_h.…``, ``t5xxl.…``) and the denoiser's keys
   outside the numbered blocks (UNet ``time_embed``, ``label_emb``, ``out``; FLUX ``img_in``, ``txt_in``, ``time_in``,
   ``vector_in``, ``guidance_in``, ``final_layer``). That is what the Inspire Pack's LoRA Block Weight does with them
@@ -63,6 +65,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from . import families
 from .entries import entry_label, split_entries
 
 __all__ = [
@@ -82,14 +85,25 @@ __all__ = [
 # --- block ids of model keys ----------------------------------------------------------------------------------------
 
 _UNET_BLOCK = re.compile(r"^diffusion_model\.(input_blocks|output_blocks)\.(\d+)\.")
-_DIT_BLOCK = re.compile(r"^diffusion_model\.(double_blocks|single_blocks)\.(\d+)\.")
+_DIT_BLOCK = re.compile(
+    r"^diffusion_model\.(double_blocks|single_blocks|joint_blocks|layers|transformer_blocks)\.(\d+)\."
+)
 _FLUX_IN = re.compile(r"^diffusion_model\.(img_in|txt_in|time_in|vector_in|guidance_in)\.")
 _TEXT_ENCODERS = {"clip_l.": "CLIP", "clip_g.": "CLIP", "clip_h.": "CLIP", "t5xxl.": "T5"}
-_BLOCK_PREFIX = {"input_blocks": "IN", "output_blocks": "OUT", "double_blocks": "D", "single_blocks": "S"}
+_BLOCK_PREFIX = {
+    "input_blocks": "IN",
+    "output_blocks": "OUT",
+    "double_blocks": "D",
+    "single_blocks": "S",
+    "joint_blocks": "J",
+    "layers": "L",
+    "transformer_blocks": "B",
+}
 
 
 def block_id(model_key: str) -> str:
-    """``INnn``, ``MID``, ``OUTnn`` (UNet), ``Dnn``, ``Snn`` (FLUX) or ``BASE`` for a ModelPatcher key."""
+    """``INnn``, ``MID``, ``OUTnn`` (UNet), ``Dnn``, ``Snn`` (FLUX family), ``Jnn`` (SD3), ``Lnn`` (Z-Image), ``Bnn``
+    (Qwen-Image) or ``BASE`` for a ModelPatcher key."""
     m = _UNET_BLOCK.match(model_key) or _DIT_BLOCK.match(model_key)
     if m:
         return f"{_BLOCK_PREFIX[m.group(1)]}{int(m.group(2)):02d}"
@@ -124,34 +138,9 @@ def present_blocks(model_keys: Iterable[str]) -> frozenset[str]:
 
 
 def arch_of(model_keys: Mapping[str, Iterable[int]]) -> str:
-    """``sd15``, ``sd2``, ``sdxl``, ``flux``, ``sd3`` or ``unknown`` from ModelPatcher keys and shapes.
-
-    FLUX by ``double_blocks``/``single_blocks``; SD3 by ``joint_blocks``; UNets by the cross-attention width
-    (``attn2.to_k`` input: 768 SD1, 1024 SD2, 2048 SDXL), else SDXL when ``label_emb`` exists, else SD1.
-    """
-    unet = False
-    cross: set[int] = set()
-    label_emb = False
-    for key, shape in model_keys.items():
-        if not key.startswith("diffusion_model."):
-            continue
-        if key.startswith(("diffusion_model.double_blocks.", "diffusion_model.single_blocks.")):
-            return "flux"
-        if key.startswith("diffusion_model.joint_blocks."):
-            return "sd3"
-        if key.startswith(("diffusion_model.input_blocks.", "diffusion_model.middle_block.")):
-            unet = True
-            if key.endswith("attn2.to_k.weight"):
-                dims = tuple(shape)
-                if len(dims) == 2:
-                    cross.add(int(dims[1]))
-        label_emb = label_emb or key.startswith("diffusion_model.label_emb.")
-    if not unet:
-        return "unknown"
-    for dim, arch in ((2048, "sdxl"), (1024, "sd2"), (768, "sd15")):
-        if dim in cross:
-            return arch
-    return "sdxl" if label_emb else "sd15"
+    """The model family (``lora_math.families``: ``sd15``, ``sdxl``, ``flux``, ``flux2``, ``z_image`` …) from
+    ModelPatcher keys and shapes."""
+    return families.from_model_keys(model_keys)
 
 
 # --- layouts --------------------------------------------------------------------------------------------------------
@@ -203,27 +192,46 @@ LAYOUTS: Mapping[int, Layout] = MappingProxyType(
         26: Layout("SD1-26", _SD1, ("BASE", *_ids("IN", range(12)), "MID", *_ids("OUT", range(12)))),
         12: Layout("SDXL-12", ("sdxl",), ("BASE", *_ids("IN", (4, 5, 7, 8)), "MID", *_ids("OUT", range(6)))),
         20: Layout("SDXL-20", ("sdxl",), ("BASE", *_ids("IN", range(9)), "MID", *_ids("OUT", range(9)))),
-        58: Layout("FLUX-58", ("flux",), ("BASE", *_ids("D", range(19)), *_ids("S", range(38)))),
+        58: Layout("FLUX-58", ("flux", "chroma"), ("BASE", *_ids("D", range(19)), *_ids("S", range(38)))),
         61: Layout("FLUX-61", ("flux",), ("CLIP", "T5", "IN", *_ids("D", range(19)), *_ids("S", range(38)), "OUT")),
     }
 )  # fmt: skip
 ARCH_LAYOUTS: Mapping[str, tuple[int, ...]] = MappingProxyType(
-    {"sd15": (17, 26), "sd2": (17, 26), "sdxl": (12, 20), "flux": (58, 61)}
+    {"sd15": (17, 26), "sd2": (17, 26), "sdxl": (12, 20), "flux": (58, 61), "chroma": (58,)}
 )
+
+
+def _dit(double: int, single: int) -> tuple[str, ...]:
+    return (*_ids("D", range(double)), *_ids("S", range(single)))
+
+
 # Numbered blocks of each full-size architecture, for ranges and for checking block names.
 _UNIVERSE: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "sd15": (*_ids("IN", range(12)), "MID", *_ids("OUT", range(12))),
         "sd2": (*_ids("IN", range(12)), "MID", *_ids("OUT", range(12))),
         "sdxl": (*_ids("IN", range(9)), "MID", *_ids("OUT", range(9))),
-        "flux": (*_ids("D", range(19)), *_ids("S", range(38))),
+        "flux": _dit(19, 38),
+        "chroma": _dit(19, 38),
+        "flux2": _dit(8, 48),
+        "flux2_klein_4b": _dit(5, 20),
+        "flux2_klein_9b": _dit(8, 24),
+        "sd35_large": _ids("J", range(38)),
+        "sd35_medium": _ids("J", range(24)),
+        "z_image": _ids("L", range(30)),
+        "qwen_image": _ids("B", range(60)),
     }
 )
 _UNET_ARCHES = ("sd15", "sd2", "sdxl")
-_ARCH_NAMES = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "flux": "FLUX", "sd3": "SD3"}
+FLUX_FAMILY = ("flux", "chroma", "flux2", "flux2_klein_4b", "flux2_klein_9b")
+_ARCH_NAMES = {
+    "sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL", "flux": "FLUX", "chroma": "Chroma", "flux2": "FLUX.2 [dev]",
+    "flux2_klein_4b": "FLUX.2 [klein] 4B", "flux2_klein_9b": "FLUX.2 [klein] 9B", "sd3": "SD3",
+    "sd35_large": "SD3.5 Large", "sd35_medium": "SD3.5 Medium", "z_image": "Z-Image", "qwen_image": "Qwen-Image",
+}  # fmt: skip
 _KNOWN_ARCHES = tuple(_ARCH_NAMES)
-_GROUP_RANK = {"BASE": 0, "IN": 1, "MID": 2, "OUT": 3, "D": 4, "S": 5}
-_NUMBERED = re.compile(r"^(IN|OUT|D|S)(\d+)$")
+_GROUP_RANK = {"BASE": 0, "IN": 1, "MID": 2, "OUT": 3, "D": 4, "S": 5, "J": 6, "L": 7, "B": 8}
+_NUMBERED = re.compile(r"^(IN|OUT|D|S|J|L|B)(\d+)$")
 
 
 def sort_key(bid: str) -> tuple[int, int]:
@@ -261,9 +269,9 @@ PRESETS: Mapping[str, tuple[str, tuple[str, ...] | None]] = MappingProxyType(
         "OUTD": ("*:0, BASE:1, OUT00-OUT06:1", _SD1),
         "OUTS": ("*:0, BASE:1, OUT07-OUT11:1", _SD1),
         # Inspire's FLUX-DBL-* vectors (18 values) as its positional rule applies them to a full FLUX LoRA.
-        "FLUX-DBL-FRONT": ("*:0, BASE:1, D00-D04:1", ("flux",)),
-        "FLUX-DBL-MID": ("*:0, D05-D10:1", ("flux",)),
-        "FLUX-DBL-TAIL": ("*:0, D11-D18:1, S:1", ("flux",)),
+        "FLUX-DBL-FRONT": ("*:0, BASE:1, D00-D04:1", ("flux", "chroma")),
+        "FLUX-DBL-MID": ("*:0, D05-D10:1", ("flux", "chroma")),
+        "FLUX-DBL-TAIL": ("*:0, D11-D18:1, S:1", ("flux", "chroma")),
     }
 )
 _PRESET_ALIASES = {
@@ -482,8 +490,11 @@ def _positional(text: str, values: list[float], present, input_name: str) -> Blo
     return BlockWeights(text, "positional", None, blocks, {}, 1.0, (warning,))
 
 
-_GROUP_NAMES = {"IN": "IN", "OUT": "OUT", "D": "D", "DOUBLE": "D", "S": "S", "SINGLE": "S"}
-_BLOCK_TOKEN = re.compile(r"^(IN|OUT|D|S|M)(\d{1,2})$")
+_GROUP_NAMES = {
+    "IN": "IN", "OUT": "OUT", "D": "D", "DOUBLE": "D", "S": "S", "SINGLE": "S", "J": "J", "JOINT": "J",
+    "L": "L", "LAYERS": "L", "B": "B", "BLOCKS": "B",
+}  # fmt: skip
+_BLOCK_TOKEN = re.compile(r"^(IN|OUT|D|S|J|L|B|M)(\d{1,2})$")
 
 
 def _is_selector(text: str) -> bool:
@@ -511,8 +522,12 @@ def _check_in_arch(bid: str, arch: str, where: str, label: str | None = None) ->
     universe = _UNIVERSE.get(arch)
     if universe is None or bid in universe:
         return
-    if arch == "flux":
-        names = "D00-D18, S00-S37 (IN and OUT alone mean its input and final layers)"
+    if arch in FLUX_FAMILY:
+        doubles = [b for b in universe if b.startswith("D")]
+        singles = [b for b in universe if b.startswith("S")]
+        names = f"D00-{doubles[-1]}, S00-{singles[-1]} (IN and OUT alone mean its input and final layers)"
+    elif "MID" not in universe:
+        names = f"{universe[0]}-{universe[-1]}"
     else:
         names = f"IN00-{universe[universe.index('MID') - 1]}, MID, OUT00-{universe[-1]}"
     raise ValueError(f"{where}: {label or bid} is not a block of {_ARCH_NAMES[arch]} models, which have {names}")
@@ -523,7 +538,7 @@ def _parse_explicit(text, present, arch, input_name, *, warn_absent, tokens=None
     groups: dict[str, float] = {}
     default = 1.0
     named: list[tuple[str, tuple[str, ...], str]] = []  # (label, block ids or groups it covers, kind)
-    flux = arch == "flux"
+    flux = arch in FLUX_FAMILY
     for n, pos, token in tokens if tokens is not None else split_entries(text):
         where = entry_label(input_name, n, pos, token)
         sep = min((i for i in (token.find(":"), token.find("=")) if i >= 0), default=-1)
@@ -543,7 +558,7 @@ def _parse_explicit(text, present, arch, input_name, *, warn_absent, tokens=None
             named.append((sel, (sel,), "part"))
         elif sel in _GROUP_NAMES or sel == "MID":
             group = _GROUP_NAMES.get(sel, "MID")
-            if arch in _UNIVERSE and (group in ("D", "S")) != flux:
+            if arch in _UNIVERSE and not any(_group_of(b) == group for b in _UNIVERSE[arch]):
                 _check_in_arch("MID" if group == "MID" else f"{group}00", arch, where, label=sel)
             if group == "MID":
                 blocks["MID"] = value
@@ -559,8 +574,8 @@ def _parse_explicit(text, present, arch, input_name, *, warn_absent, tokens=None
             bid = _block(sel, arch)
             if bid is None:
                 raise ValueError(
-                    f"{where}: unknown selector {sel!r}; use a block (IN04, MID, OUT11, D05, S12), a group "
-                    "(IN, OUT, D, S), a range (IN05-OUT06), BASE, CLIP, T5 or *"
+                    f"{where}: unknown selector {sel!r}; use a block (IN04, MID, OUT11, D05, S12, J03, L10, B20), a "
+                    "group (IN, OUT, D, S, J, L, B), a range (IN05-OUT06), BASE, CLIP, T5 or *"
                 )
             _check_in_arch(bid, arch, where)
             blocks[bid] = value
@@ -587,14 +602,18 @@ def _range(sel: str, arch: str, present, where: str) -> tuple[str, ...]:
     a, b = (_block(e, arch) for e in ends)
     if a is None or b is None:
         raise ValueError(f"{where}: both ends of a range must be blocks (IN04, MID, OUT05, D00, S10 …)")
-    unet = {"IN", "MID", "OUT"}
-    if ({_group_of(a), _group_of(b)} <= unet) != ({_group_of(a)} <= unet):
-        raise ValueError(f"{where}: {a} and {b} belong to different kinds of model (UNet IN/MID/OUT, FLUX D/S)")
+    kinds = ({"IN", "MID", "OUT"}, {"D", "S"}, {"J"}, {"L"}, {"B"})
+    if not any({_group_of(a), _group_of(b)} <= kind for kind in kinds):
+        raise ValueError(
+            f"{where}: {a} and {b} belong to different kinds of model (UNet IN/MID/OUT, FLUX D/S, SD3 J, Z-Image L, "
+            "Qwen-Image B)"
+        )
     for bid in (a, b):
         _check_in_arch(bid, arch, where)
     lo, hi = sorted((a, b), key=sort_key)
     universe = set(_UNIVERSE.get(arch, ()))
     if arch not in _UNIVERSE:  # unknown architecture: every numbered block between the ends, up to two digits
-        universe = {*_UNIVERSE["sd15"], *_UNIVERSE["flux"], *_ids("IN", range(100)), *_ids("OUT", range(100))}
+        universe = {*_UNIVERSE["sd15"], *_ids("D", range(100)), *_ids("S", range(100)), *_ids("IN", range(100))}
+        universe |= {*_ids("OUT", range(100)), *_ids("J", range(100)), *_ids("L", range(100)), *_ids("B", range(100))}
     universe |= {p for p in (present or ()) if _group_of(p) is not None}
     return tuple(sorted((x for x in universe if sort_key(lo) <= sort_key(x) <= sort_key(hi)), key=sort_key))

@@ -2,8 +2,8 @@
 
 Matching is a pure function of the model's key names and shapes and the file's module names. For a model key set an
 :class:`AliasTable` is built once (and cached): every weight gets its own name dotted and with ``.`` -> ``_`` (kohya),
-UNet weights also their diffusers names (derived from the keys, ``unet_names``), FLUX weights the diffusers / xlabs
-names of their row slices (``flux_names``). A file module name is then cut into a role (``lora_unet_`` -> denoiser,
+UNet weights also their diffusers names (derived from the keys, ``names.unet``), DiT weights the diffusers / xlabs /
+trainer names of each family, fused layers as row slices (``names``). A file module name is then cut into a role (``lora_unet_`` -> denoiser,
 ``lora_te1_`` -> first text encoder, ``text_encoder_2.`` -> second …) and a path, and looked up: one dict lookup per
 candidate spelling, no scans.
 
@@ -24,15 +24,26 @@ from dataclasses import dataclass
 
 import torch
 
+from . import families
 from .adapters import Adapter, Full, LoHa, LoRA
 from .errors import LoraShapeError
-from .flux_names import flux_aliases
 from .formats import ParsedLoRA
-from .unet_names import ldm_to_diffusers
+from .names import derived_aliases
+from .names.unet import ldm_to_diffusers
 
-__all__ = ["BASE_MODELS", "AliasTable", "KeyMatch", "Patch", "Target", "alias_table", "guess_base_model", "match"]
+__all__ = [
+    "BASE_MODELS",
+    "AliasTable",
+    "KeyMatch",
+    "Patch",
+    "Target",
+    "alias_table",
+    "diagnose",
+    "guess_base_model",
+    "match",
+]
 
-BASE_MODELS = ("sd15", "sd2", "sdxl", "flux", "sd3", "unknown")
+BASE_MODELS = families.FAMILIES
 
 COMPONENT_PREFIXES = {
     "diffusion_model.": "unet",
@@ -117,7 +128,8 @@ def path_spellings(path: str) -> Iterator[str]:
     """Candidate spellings of a file-side path, most literal first.
 
     SimpleTuner's trailing and Wan-Fun's leading underscores are dropped; diffusers attention-processor names
-    (``attn1.processor.to_out_lora``) become module names (``attn1.to_out.0``).
+    (``attn1.processor.to_out_lora``) become module names (``attn1.to_out.0``), and so do the ``…_to_k_lora`` names
+    diffusers' kohya conversion (``convert_state_dict_to_kohya``) gives its own ``lora.down`` UNet keys.
     """
     yield path
     stripped = path.strip("_")
@@ -127,6 +139,8 @@ def path_spellings(path: str) -> Iterator[str]:
     if m:
         name = m.group(1)
         yield path[: m.start()] + "." + name + (".0" if name == "to_out" else "")
+    elif path.endswith("_lora"):  # diffusers' kohya conversion of its own ``lora.down`` files: ``…_to_k_lora.down``
+        yield path[: -len("_lora")]
 
 
 class AliasTable:
@@ -149,13 +163,18 @@ class AliasTable:
             for path in weights:
                 self._add(table, path, Target(f"{prefix}{path}.weight"))
             if component != "unet":
+                # transformers ≥ 5 dropped CLIPTextModel's ``text_model.`` level, and diffusers (and its kohya
+                # conversion, ``lora_te1_encoder_layers_…``) now name text-encoder LoRAs without it.
+                for path in weights:
+                    if path.startswith("text_model."):
+                        self._add(table, path[len("text_model.") :], Target(f"{prefix}{path}.weight"))
                 continue
             if any(p.startswith(("input_blocks.", "middle_block.", "output_blocks.")) for p in weights):
                 for ldm, diffusers in ldm_to_diffusers(weights).items():
                     self._add(table, diffusers, Target(f"{prefix}{ldm}.weight"))
-            if any(p.startswith(("double_blocks.", "single_blocks.")) for p in weights):
-                for alias, flux in flux_aliases(weights).items():
-                    self._add(table, alias, Target(f"{prefix}{flux.module}.weight", flux.rows, flux.swap_halves))
+            else:
+                for name, alias in derived_aliases(weights).items():
+                    self._add(table, name, Target(f"{prefix}{alias.module}.weight", alias.rows, alias.swap_halves))
 
     @staticmethod
     def _add(table: dict[str, Target], path: str, target: Target) -> None:
@@ -329,71 +348,49 @@ def match(parsed: ParsedLoRA, model_keys: Mapping[str, tuple[int, ...]], *, stri
     return KeyMatch(tuple(patches), tuple(matched), tuple(unmatched), len(parsed.modules), tuple(mismatched))
 
 
+# --- near misses ----------------------------------------------------------------------------------------------------
+
+# A component prefix written twice (``lora_unet_unet_…``, ``transformer.transformer.…``): a bad rename or export.
+_DOUBLED = re.compile(
+    r"^(lora_unet_|lora_transformer_|lycoris_|unet\.|transformer\.|diffusion_model\.)"
+    r"(unet[._]|transformer[._]|diffusion_model[._]|model[._]diffusion_model[._])"
+)
+_REWRITES = (
+    ("the doubled prefix", lambda name: _DOUBLED.sub(r"\1", name, count=1)),
+    ("the leading segment", lambda name: name.split(".", 1)[1] if "." in name else name),
+)
+
+
+def diagnose(parsed: ParsedLoRA, model_keys: Mapping[str, tuple[int, ...]]) -> str | None:
+    """Why most of a file's modules match nothing, when a simple misspelling explains it; None otherwise.
+
+    Tries each rewrite of :data:`_REWRITES` on every unmatched module name and reports the one that makes at least
+    half of the file match, naming one module before and after.
+    """
+    table = alias_table(model_keys)
+    names = [n for n in parsed.modules if table.resolve(n) is None]
+    if not names or len(names) < len(parsed.modules) / 2:
+        return None
+    best: tuple[str, list[tuple[str, str]]] | None = None
+    for why, rewrite in _REWRITES:
+        hits = [(n, r) for n in names if (r := rewrite(n)) != n and table.resolve(r) is not None]
+        if hits and (best is None or len(hits) > len(best[1])):
+            best = (why, hits)
+    if best is None or len(best[1]) < len(names) / 2:
+        return None
+    why, hits = best
+    before, after = hits[0]
+    return (
+        f"recognised {len(parsed.modules)} {parsed.format} modules, but their names do not match this model: "
+        f"{len(hits)} would with {why} removed ({before!r} should read {after!r}); the file was renamed or "
+        "exported wrongly: re-export it, or rename its keys"
+    )
+
+
 # --- base model from the file alone ---------------------------------------------------------------------------------
-
-_FLUX_NAMES = re.compile(r"(^|[._])(double_blocks|single_blocks|single_transformer_blocks)[._]\d")
-_SD3_NAMES = re.compile(r"(^|[._])joint_blocks[._]\d")
-_MMDIT_DOUBLE = re.compile(r"(^|[._])transformer_blocks[._]\d+[._]attn[._](to_q|add_q_proj)$")
-_CROSS_ATTN = re.compile(r"attn2[._](to_k|to_v)$")
-_SGM_NAMES = re.compile(r"^(input_blocks|middle_block|output_blocks)[._]\d")
-_CLIP_ATTN = re.compile(r"self_attn[._](q_proj|k_proj|v_proj|out_proj)$")
-_BY_CROSS_DIM = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
-_BY_CLIP_DIM = {768: "sd15", 1024: "sd2", 1280: "sdxl"}
-
-
-def _from_metadata(metadata: Mapping[str, str]) -> str:
-    """Base model named by kohya / modelspec metadata, or "unknown"."""
-    version = str(metadata.get("ss_base_model_version", "")).lower()
-    arch = str(metadata.get("modelspec.architecture", "")).lower()
-    for text in (version, arch):
-        if text.startswith(("sdxl", "stable-diffusion-xl")):
-            return "sdxl"
-        if text.startswith(("flux",)):
-            return "flux"
-        if text.startswith(("sd3", "stable-diffusion-3")):
-            return "sd3"
-        if text.startswith(("sd_v2", "stable-diffusion-v2")):
-            return "sd2"
-        if text.startswith(("sd_v1", "stable-diffusion-v1")):
-            return "sd15"
-    if str(metadata.get("ss_v2", "")).lower() == "true":
-        return "sd2"
-    return "unknown"
 
 
 def guess_base_model(parsed: ParsedLoRA) -> str:
-    """Guess the base model: "sd15", "sd2", "sdxl", "flux", "sd3" or "unknown", from module names and shapes.
-
-    FLUX: BFL/diffusers FLUX block names (hidden 3072). SD3: ``joint_blocks``, or MMDiT double blocks whose hidden
-    size is not 3072. SD UNets by the cross-attention width (``attn2.to_k`` input: 768 SD1, 1024 SD2, 2048 SDXL),
-    then SGM block names (SDXL), then the text encoder width (768 CLIP-L, 1024 OpenCLIP-H, 1280 CLIP-G = SDXL);
-    kohya / modelspec metadata only when the tensors say nothing.
-    """
-    cross: set[int] = set()
-    clip: dict[str, set[int]] = {}
-    sgm = False
-    for name, adapter in parsed.modules.items():
-        role, path = split_role(name)
-        spellings = list(path_spellings(path))
-        if role in (None, "unet"):
-            if any(_FLUX_NAMES.search(s) for s in spellings) or ".processor.qkv_lora" in path:
-                return "flux"
-            if any(_SD3_NAMES.search(s) for s in spellings):
-                return "sd3"
-            if any(_MMDIT_DOUBLE.search(s) for s in spellings):
-                return "flux" if _delta_rows_cols(adapter)[1] == 3072 else "sd3"
-            if any(_CROSS_ATTN.search(s) for s in spellings):
-                cross.add(_delta_rows_cols(adapter)[1] or 0)
-            sgm = sgm or any(_SGM_NAMES.match(s) for s in spellings)
-        if role != "unet" and any(_CLIP_ATTN.search(s) for s in spellings):
-            clip.setdefault(role or "te", set()).add(_delta_rows_cols(adapter)[1] or 0)
-    for dim in sorted(cross, reverse=True):
-        if dim in _BY_CROSS_DIM:
-            return _BY_CROSS_DIM[dim]
-    if sgm or 1280 in clip.get("te2", set()):
-        return "sdxl"
-    for role in ("te", "te1"):
-        for dim in sorted(clip.get(role, set())):
-            if dim in _BY_CLIP_DIM:
-                return _BY_CLIP_DIM[dim]
-    return _from_metadata(parsed.metadata)
+    """The model family a file is for (``lora_math.families``): ``sd15``, ``sdxl``, ``flux``, ``flux2``,
+    ``z_image`` … or ``unknown``, from module names and shapes; kohya / modelspec metadata where they say nothing."""
+    return families.from_file(parsed)

@@ -16,8 +16,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .errors import LoraFormatError
 from .formats import ParsedLoRA
-from .keymap import guess_base_model, match, split_role
+from .keymap import diagnose, guess_base_model, match, split_role
 from .keytables import ARCHES, load_keytable
 
 __all__ = [
@@ -113,7 +114,12 @@ def file_report(parsed: ParsedLoRA, arch: str = "auto") -> dict[str, Any]:
         "arch": table_arch,
     }
     if table_arch in ARCHES:
-        cov = coverage(parsed, load_keytable(table_arch))
+        table = load_keytable(table_arch)
+        cov = coverage(parsed, table)
+        if not cov["matched"]:
+            hint = diagnose(parsed, table)
+            if hint:
+                raise LoraFormatError(hint)
         report.update(matched=cov["matched"], unmatched=cov["unmatched"], coverage=cov["coverage"])
         if cov["mismatched"]:
             report["mismatched"] = cov["mismatched"]

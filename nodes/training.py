@@ -27,6 +27,7 @@ import comfy.utils
 import torch
 import torch.nn.functional as F
 
+from ..lora_math import families
 from ..lora_math.train import LoraFactors, TrainedLoRA
 from ..lora_math.train import buckets as buckets_mod
 from ..lora_math.train import lr as lr_mod
@@ -39,6 +40,8 @@ log = logging.getLogger("lora_loom")
 # --- what to train -------------------------------------------------------------------------------------------------
 
 TARGETS = ("attention", "attention_mlp")
+# Which layers each target preset trains, by the layer names of ComfyUI's model classes (one pattern per family
+# group: FLUX.1, FLUX.2 and Chroma share BFL names, SD3 and SD3.5 the MMDiT ones).
 _PATTERNS = {
     "unet": {
         "attention": r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$",
@@ -50,20 +53,34 @@ _PATTERNS = {
         r"|single_blocks\.\d+\.(linear1|linear2))$",
     },
     "sd3": {
-        "attention": r"joint_blocks\.\d+\.(x_block|context_block)\.attn\.(qkv|proj)$",
-        "attention_mlp": r"joint_blocks\.\d+\.(x_block|context_block)\.(attn\.(qkv|proj)|mlp\.fc[12])$",
+        "attention": r"joint_blocks\.\d+\.(x_block|context_block)\.attn2?\.(qkv|proj)$",
+        "attention_mlp": r"joint_blocks\.\d+\.(x_block|context_block)\.(attn2?\.(qkv|proj)|mlp\.fc[12])$",
+    },
+    "z_image": {
+        "attention": r"^layers\.\d+\.attention\.(qkv|out)$",
+        "attention_mlp": r"^layers\.\d+\.(attention\.(qkv|out)|feed_forward\.w[123])$",
+    },
+    "qwen_image": {
+        "attention": r"^transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_[qkv]_proj|to_add_out)$",
+        "attention_mlp": r"^transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_[qkv]_proj|to_add_out)"
+        r"|(img|txt)_mlp\.net\.(0\.proj|2))$",
     },
 }
+_PATTERN_GROUP = {
+    "sd15": "unet", "sd2": "unet", "sdxl": "unet", "flux": "flux", "chroma": "flux", "flux2": "flux",
+    "flux2_klein_4b": "flux", "flux2_klein_9b": "flux", "sd3": "sd3", "sd35_large": "sd3", "sd35_medium": "sd3",
+    "z_image": "z_image", "qwen_image": "qwen_image",
+}  # fmt: skip
 _PREDICTION = {
     comfy.model_base.ModelType.EPS: "eps",
     comfy.model_base.ModelType.V_PREDICTION: "v",
-    comfy.model_base.ModelType.FLOW: "flow",
-    comfy.model_base.ModelType.FLUX: "flow",  # FLUX.1 (and Chroma…): flow matching with ModelSamplingFlux's shift
+    comfy.model_base.ModelType.FLOW: "flow",  # SD3, Z-Image
+    comfy.model_base.ModelType.FLUX: "flow",  # FLUX.1/.2, Chroma, Qwen-Image: flow matching with their shift
 }
 
 
 def family(base_model) -> tuple[str, str]:
-    """(``sd15`` | ``sdxl`` | ``flux`` | ``sd3``, prediction) of a ComfyUI BaseModel; ValueError names ``model``."""
+    """(model family, prediction) of a ComfyUI BaseModel; ValueError names ``model``."""
     arch = arch_of(base_model)
     prediction = _PREDICTION.get(base_model.model_type)
     if prediction is None:
@@ -72,20 +89,14 @@ def family(base_model) -> tuple[str, str]:
 
 
 def arch_of(base_model) -> str:
-    """``sd15`` | ``sdxl`` | ``flux`` | ``sd3`` of a ComfyUI BaseModel (SD2 UNets name like SD1); ValueError names
-    ``model``."""
-    names = {n for n, _ in base_model.diffusion_model.named_modules()}
-    if any(n.startswith("double_blocks.") for n in names):
-        arch = "flux"
-    elif any(n.startswith("joint_blocks.") for n in names):
-        arch = "sd3"
-    elif any(n.startswith("input_blocks.") for n in names):
-        context = getattr(base_model.model_config, "unet_config", {}).get("context_dim")
-        arch = "sdxl" if context == 2048 or isinstance(base_model, comfy.model_base.SDXL) else "sd15"
-    else:
+    """The family (``lora_math.families``) of a ComfyUI BaseModel, from its weight names and shapes; ValueError
+    names ``model`` for a family LoRA Loom does not train or save LoRAs for."""
+    keys = {f"diffusion_model.{k}": tuple(v.shape) for k, v in base_model.diffusion_model.state_dict().items()}
+    arch = families.from_model_keys(keys)
+    if arch not in _PATTERN_GROUP:
         raise ValueError(
-            f"model: {type(base_model).__name__} is not a model family LoRA Loom trains or saves LoRAs for "
-            "(SD1.x/SD2 and SDXL UNets, FLUX, SD3); load one of those"
+            f"model: {type(base_model).__name__} ({arch}) is not a model family LoRA Loom trains or saves LoRAs for "
+            "(SD1.x/SD2, SDXL, FLUX.1, FLUX.2, Chroma, SD3/SD3.5, Z-Image, Qwen-Image); load one of those"
         )
     return arch
 
@@ -94,7 +105,7 @@ def target_modules(base_model, arch: str, target: str) -> dict[str, torch.nn.Mod
     """ComfyUI weight key (``diffusion_model.….weight``) -> Linear module, for the chosen target preset."""
     if target not in TARGETS:
         raise ValueError(f"target: {target!r} is not one of {', '.join(TARGETS)}")
-    pattern = re.compile(_PATTERNS["unet" if arch in ("sd15", "sdxl") else arch][target])
+    pattern = re.compile(_PATTERNS[_PATTERN_GROUP[arch]][target])
     found = {
         f"diffusion_model.{name}.weight": m
         for name, m in base_model.diffusion_model.named_modules()

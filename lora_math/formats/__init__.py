@@ -7,20 +7,23 @@ component prefix, FLUX BFL / ai-toolkit, FLUX diffusers, xlabs, OneTrainer, Simp
 Wan-Fun, BFL control LoRA bias diffs. Refused: cloneofsimo legacy files and state dicts with no adapter keys.
 
 Parsing only groups and validates tensors; which model weight each module patches is ``lora_math.keymap``'s job.
-Alpha: the module's ``.alpha`` tensor; for ``lora_A/B`` files without one, PEFT's config (header
-``lora_adapter_metadata`` or a sidecar ``adapter_config.json``), else alpha = rank. Other files without ``.alpha``
-get ``alpha=None`` (scale 1): diffusers ``lora.down/up`` and attention processors, xlabs, kohya without alpha.
+Alpha: the module's ``.alpha`` tensor; for PEFT / diffusers key styles (``lora_A/B``, ``lora.down/up``,
+``lora_linear_layer``) without one, the PEFT config (header ``lora_adapter_metadata``, per component, or a sidecar
+``adapter_config.json``), else alpha = rank for ``lora_A/B`` and none for the others (scale 1 either way). Other files
+without ``.alpha`` get ``alpha=None`` (scale 1): attention processors, xlabs, kohya without alpha. A ``.alpha`` that
+the config contradicts is refused.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
 
 from ..errors import LoraFormatError
-from .alpha import PeftAlpha
+from .alpha import METADATA_KEY, PeftAlpha
 from .build import build_adapters, module_rank
 from .detect import family_of, format_name, refuse_legacy, refuse_unknown
 from .keys import group_keys
@@ -28,27 +31,46 @@ from .parsed import ParsedLoRA
 
 __all__ = ["ParsedLoRA", "parse"]
 
-_PEFT_SUFFIXES = ("lora_A", "lora_B")
+# Key styles whose writers (PEFT, diffusers) keep alpha out of the tensors: in ``lora_adapter_metadata`` (diffusers
+# writes it for every component and key style it saves, old ``lora.down``/``lora_linear_layer`` names included) or in
+# a sidecar ``adapter_config.json``.
+_CONFIG_SUFFIXES = ("lora_A", "lora_B", "lora.down", "lora.up", "lora_linear_layer.")
 
 
 def _alphas(modules, peft: PeftAlpha) -> dict[str, float | None]:
-    """Alpha per module: its ``.alpha`` tensor; PEFT rules for ``lora_A/B`` modules; else None (scale 1)."""
+    """Alpha per module: its ``.alpha`` tensor; the PEFT config for PEFT/diffusers key styles; else None (scale 1).
+
+    A ``.alpha`` tensor that a config contradicts (another scale for the same module) is refused, naming the key:
+    which of the two the writer meant cannot be told, and half of the file at the wrong scale is worse than none."""
     out: dict[str, float | None] = {}
     for name, mp in modules.items():
+        rank = module_rank(mp)
         alpha = mp.parts.get("shared", {}).get("alpha")
         if alpha is not None:
+            key = mp.keys[("shared", "alpha")]
             if alpha.numel() != 1:
-                raise LoraFormatError(
-                    f"{mp.keys[('shared', 'alpha')]}: alpha must be a single number, found shape {list(alpha.shape)}"
-                )
+                raise LoraFormatError(f"{key}: alpha must be a single number, found shape {list(alpha.shape)}")
             out[name] = float(alpha.float().item())
+            configured = peft.configured(name, rank) if rank is not None else None
+            if configured is not None and not math.isclose(configured, out[name], rel_tol=1e-5, abs_tol=1e-8):
+                raise LoraFormatError(
+                    f"{key} = {out[name]:g} but the file's PEFT config ({METADATA_KEY} in the header, or "
+                    f"adapter_config.json beside it) gives this module alpha {configured:g} "
+                    f"(scale {configured / rank:g} against {out[name] / rank:g}); the file contradicts itself: "
+                    "re-export it, or drop one of the two"
+                )
             continue
-        rank = module_rank(mp)
-        if rank is not None and any(s.startswith(_PEFT_SUFFIXES) for s in mp.suffixes):
-            out[name] = peft.alpha(name, rank)
+        if rank is not None and any(s.startswith(_CONFIG_SUFFIXES) for s in mp.suffixes):
+            out[name] = peft.alpha(name, rank) if peft.has_config else _default(mp, rank)
         else:
             out[name] = None
     return out
+
+
+def _default(mp, rank: int) -> float | None:
+    """No config: PEFT's ``lora_A/B`` default is alpha = r (scale 1); diffusers' other styles carry no alpha (None,
+    scale 1 too)."""
+    return float(rank) if any(s.startswith(("lora_A", "lora_B")) for s in mp.suffixes) else None
 
 
 def parse(

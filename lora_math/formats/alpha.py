@@ -120,16 +120,22 @@ class PeftAlpha:
 
     def alpha(self, module: str, rank: int) -> float:
         """Alpha to store on the adapter of ``module`` (rank = ``down.shape[0]``) so that alpha/rank is PEFT's scale."""
+        found = self.configured(module, rank)
+        return float(rank) if found is None else found
+
+    def configured(self, module: str, rank: int) -> float | None:
+        """:meth:`alpha` when a config gives ``module`` an alpha (``lora_alpha`` or an ``alpha_pattern`` entry), else
+        None (no config, or one without alpha: PEFT then uses alpha = r)."""
         cfg, path = self._config_for(module)
         if cfg is None:
-            return float(rank)
+            return None
         for wrapper in _WRAPPERS:
             path = path.removeprefix(wrapper)
         alpha = _pattern_value(cfg.alpha_pattern, path)
         if alpha is None:
             alpha = cfg.lora_alpha
         if alpha is None:
-            return float(rank)
+            return None
         if cfg.use_rslora:
             r = _pattern_value(cfg.rank_pattern, path) or cfg.r or rank
             return float(alpha) * rank / math.sqrt(r)

@@ -38,15 +38,44 @@ def refuse_legacy(keys: Iterable[str]) -> None:
             )
 
 
+# Near misses: files that are almost a LoRA, and what is off with them.
+_JOINED_PART = re.compile(r"_(lora_down|lora_up|lora_mid|lora_A|lora_B)\.weight$")
+_EMBEDDING = re.compile(r"^(emb_params|string_to_param\b|string_to_token\b|clip_[lg]$|<.+>$)")
+_CHECKPOINT = re.compile(
+    r"^(model\.diffusion_model|first_stage_model|cond_stage_model|conditioner)\.|^(double_blocks|input_blocks)\.\d+\..*\.weight$"
+)
+
+
+def _near_miss(keys: list[str]) -> str | None:
+    """What a state dict with no adapter keys is instead, said so that the user knows which file to fix."""
+    joined = [k for k in keys if _JOINED_PART.search(k)]
+    if joined:
+        k = joined[0]
+        part = _JOINED_PART.search(k).group(1)
+        fixed = k[: _JOINED_PART.search(k).start()] + f".{part}.weight"
+        return (
+            f"recognised {len(joined)} LoRA factor keys, but their part is joined to the module name with '_' "
+            f"instead of '.' ({k!r}; a LoRA file names it {fixed!r}): the file was renamed or exported wrongly; "
+            "re-export it with its tool, or rename the keys"
+        )
+    if any(_EMBEDDING.match(k) for k in keys):
+        return "this is a textual-inversion embedding, not a LoRA: load it with an embedding (`embedding:name` in the prompt)"
+    if sum(1 for k in keys if _CHECKPOINT.search(k)) > len(keys) // 2:
+        return (
+            "this is a model checkpoint (full weights), not a LoRA: load it with a checkpoint or diffusion-model loader"
+        )
+    return None
+
+
 def refuse_unknown(keys: list[str]) -> None:
-    """Refuse a state dict with no adapter parts at all, naming its first keys."""
+    """Refuse a state dict with no adapter parts at all, naming its first keys and, when that can be told, what the
+    file is instead."""
     shown = ", ".join(repr(k) for k in keys[:5])
     more = f" (and {len(keys) - 5} more)" if len(keys) > 5 else ""
-    raise LoraFormatError(
-        f"no LoRA adapter keys found among {len(keys)} keys: {shown}{more}. Expected kohya (.lora_down/.lora_up), "
-        "LyCORIS (.hada_*/.lokr_*/.diff), diffusers or PEFT (.lora_A/.lora_B) keys; is this a full checkpoint or "
-        "an embedding rather than a LoRA?"
+    hint = _near_miss(keys) or (
+        "expected kohya (.lora_down/.lora_up), LyCORIS (.hada_*/.lokr_*/.diff), diffusers or PEFT (.lora_A/.lora_B) keys"
     )
+    raise LoraFormatError(f"no LoRA adapter keys found among {len(keys)} keys: {shown}{more}; {hint}")
 
 
 def family_of(modules: Iterable[str], suffixes: set[str]) -> str:

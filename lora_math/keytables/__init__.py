@@ -1,8 +1,10 @@
 """Key -> shape tables of full-size models, in ComfyUI ModelPatcher key naming.
 
-``sd15``, ``sdxl`` and ``flux`` hold the denoiser (``diffusion_model.…``) and text encoder (``clip_l.transformer.…``,
-``clip_g.transformer.…``, ``t5xxl.transformer.…``) weights and biases of every ``Linear`` / ``Conv`` module: what a
-LoRA can target. They are data written by ``scripts/make_keytables.py`` from ComfyUI's own model classes built on
+``sd15``, ``sdxl``, ``flux`` (FLUX.1-dev), ``sd35_large`` and ``sd35_medium`` hold the denoiser
+(``diffusion_model.…``) and text encoder (``clip_l.transformer.…``, ``clip_g.transformer.…``, ``t5xxl.transformer.…``)
+weights and biases of every ``Linear`` / ``Conv`` module: what a LoRA can target. ``flux2`` (FLUX.2 dev),
+``flux2_klein_4b``, ``flux2_klein_9b``, ``chroma``, ``z_image`` and ``qwen_image`` hold the denoiser only (their text
+encoders are LLMs or T5, which LoRAs leave alone). They are data written by ``scripts/make_keytables.py`` from ComfyUI's own model classes built on
 the ``meta`` device; use them to match a LoRA against a model without loading one.
 """
 
@@ -15,7 +17,19 @@ from pathlib import Path
 
 __all__ = ["ARCHES", "load_keytable"]
 
-ARCHES: tuple[str, ...] = ("sd15", "sdxl", "flux")
+ARCHES: tuple[str, ...] = (
+    "sd15",
+    "sdxl",
+    "flux",
+    "flux2",
+    "flux2_klein_4b",
+    "flux2_klein_9b",
+    "chroma",
+    "z_image",
+    "qwen_image",
+    "sd35_large",
+    "sd35_medium",
+)
 _HERE = Path(__file__).resolve().parent
 
 

@@ -54,7 +54,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from ..unet_names import ldm_to_diffusers
+from ..names.unet import ldm_to_diffusers
 from .result import TrainedLoRA
 
 __all__ = [
@@ -78,6 +78,7 @@ _DIFFUSERS_NAMED = ("sd15", "sd2")  # kohya uses diffusers paths for these; SGM/
 _SPEC_VERSION = "1.0.0"
 _IMPL_STABILITY = "https://github.com/Stability-AI/generative-models"
 _IMPL_FLUX = "https://github.com/black-forest-labs/flux"
+_IMPL_FLUX2 = "https://github.com/black-forest-labs/flux2"
 
 
 class _Arch(NamedTuple):
@@ -92,7 +93,15 @@ ARCHES: dict[str, _Arch] = {
     "sd2": _Arch("sd_v2", "stable-diffusion-v2-512", "diffusers", 512),
     "sdxl": _Arch("sdxl_base_v1-0", "stable-diffusion-xl-v1-base", _IMPL_STABILITY, 1024),
     "flux": _Arch("flux1", "flux-1-dev", _IMPL_FLUX, 1024),
+    "chroma": _Arch("chroma", "chroma", "https://huggingface.co/lodestones/Chroma", 1024),
+    "flux2": _Arch("flux2", "flux-2-dev", _IMPL_FLUX2, 1024),
+    "flux2_klein_4b": _Arch("flux2_klein_4b", "flux-2-klein-4b", _IMPL_FLUX2, 1024),
+    "flux2_klein_9b": _Arch("flux2_klein_9b", "flux-2-klein-9b", _IMPL_FLUX2, 1024),
+    "z_image": _Arch("z_image", "z-image", "https://github.com/Tongyi-MAI/Z-Image", 1024),
+    "qwen_image": _Arch("qwen_image", "qwen-image", "https://github.com/QwenLM/Qwen-Image", 1328),
     "sd3": _Arch("sd3", "stable-diffusion-3", _IMPL_STABILITY, 1024),
+    "sd35_large": _Arch("sd3.5_large", "stable-diffusion-v3.5-large", _IMPL_STABILITY, 1024),
+    "sd35_medium": _Arch("sd3.5_medium", "stable-diffusion-v3.5-medium", _IMPL_STABILITY, 1024),
 }
 
 _OPTIMIZERS = {"adamw": "torch.optim.adamw.AdamW", "adam": "torch.optim.adam.Adam", "sgd": "torch.optim.sgd.SGD"}
@@ -125,6 +134,8 @@ TEXT_ENCODER_PREFIXES: dict[str, dict[str, str]] = {
     "sdxl": {"clip_l": "lora_te1_", "clip_g": "lora_te2_"},
     "flux": {"clip_l": "lora_te1_"},
     "sd3": {"clip_l": "lora_te1_", "clip_g": "lora_te2_"},
+    "sd35_large": {"clip_l": "lora_te1_", "clip_g": "lora_te2_"},
+    "sd35_medium": {"clip_l": "lora_te1_", "clip_g": "lora_te2_"},
 }
 # The CLIP weights kohya names (sd-scripts targets CLIPAttention and CLIPMLP; ComfyUI's LORA_CLIP_MAP): ComfyUI loads
 # ``lora_te…`` names for these and nothing else.

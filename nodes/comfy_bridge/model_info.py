@@ -62,6 +62,10 @@ def cached_match(name: str, parsed: ParsedLoRA, input_name: str, models: Sequenc
         while len(cache) > _MATCH_CACHE_SIZE:
             cache.popitem(last=False)
     if not match.patches:
+        keys = {k: v for found in models for k, v in found.keys.items()}
+        hint = keymap.diagnose(parsed, keys)
+        if hint:
+            raise ValueError(f"{input_name}: '{name}': {hint}")
         guess = keymap.guess_base_model(parsed)
         raise ValueError(
             f"{input_name}: nothing in '{name}' ({parsed.format}, {match.targets} modules) matches this model"

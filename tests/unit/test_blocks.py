@@ -283,7 +283,7 @@ def test_not_identity_when_anything_differs():
         ("WEIRD", "sd15", "entry 1 'WEIRD' (at character 1): neither a preset (NONE, ALL"),
         ("%in=0.5", "sd15", "blocks: the Inspire Pack's '%…' form"),
         ("INS", "sdxl", "blocks: preset INS is defined for SD1.5/SD2 models, but this model is SDXL"),
-        ("FLUX-DBL-FRONT", "sd15", "preset FLUX-DBL-FRONT is defined for FLUX models"),
+        ("FLUX-DBL-FRONT", "sd15", "preset FLUX-DBL-FRONT is defined for FLUX/Chroma models"),
         (",".join(["1"] * 12), "sd15", "blocks: 12 values is the SDXL-12 block layout"),
         (",".join(["1"] * 17), "flux", "give 58 (BASE,D00-D18,S00-S37) or 61 (CLIP,T5,IN,D00-D18,S00-S37,OUT) values"),
         (",".join(["1"] * 17), "sd3", "block vectors are defined for SD1/SD2, SDXL and FLUX models"),
@@ -346,3 +346,42 @@ def test_explicit_entries_for_absent_blocks_warn():
 
 def test_presets_do_not_warn_about_blocks_the_lora_lacks():
     assert parse_block_weights("MIDD0.2", TINY_SD15, "sd15").warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("key", "bid"),
+    [
+        ("diffusion_model.joint_blocks.7.x_block.attn.qkv.weight", "J07"),
+        ("diffusion_model.layers.12.attention.qkv.weight", "L12"),
+        ("diffusion_model.noise_refiner.0.attention.qkv.weight", "BASE"),
+        ("diffusion_model.transformer_blocks.41.img_mlp.net.2.weight", "B41"),
+        ("diffusion_model.double_stream_modulation_img.lin.weight", "BASE"),
+        ("diffusion_model.single_blocks.47.linear1.weight", "S47"),
+    ],
+)
+def test_block_ids_of_the_newer_families(key, bid):
+    assert block_id(key) == bid
+
+
+@pytest.mark.parametrize(
+    ("arch", "text", "key", "value"),
+    [
+        ("sd35_large", "J:0.5, J30-J37:0", "diffusion_model.joint_blocks.33.context_block.attn.qkv.weight", 0.0),
+        ("sd35_large", "J:0.5, J30-J37:0", "diffusion_model.joint_blocks.3.context_block.attn.qkv.weight", 0.5),
+        ("z_image", "L00-L09:0, *:1", "diffusion_model.layers.4.feed_forward.w1.weight", 0.0),
+        ("qwen_image", "B:0.3", "diffusion_model.transformer_blocks.59.attn.to_q.weight", 0.3),
+        ("flux2_klein_4b", "D:0, S19:2", "diffusion_model.single_blocks.19.linear2.weight", 2.0),
+        ("flux2", "IN:0", "diffusion_model.img_in.weight", 0.0),  # FLUX family: IN is the input layers
+    ],
+)
+def test_block_weights_on_the_newer_families(arch, text, key, value):
+    assert parse_block_weights(text, None, arch)(key) == value
+
+
+def test_a_block_the_family_does_not_have_is_named():
+    with pytest.raises(
+        ValueError, match=r"S20 is not a block of FLUX\.2 \[klein\] 4B models, which have D00-D04, S00-S19"
+    ):
+        parse_block_weights("S20:0", None, "flux2_klein_4b")
+    with pytest.raises(ValueError, match=r"J38 is not a block of SD3\.5 Large models, which have J00-J37"):
+        parse_block_weights("J38:0", None, "sd35_large")

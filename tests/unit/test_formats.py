@@ -227,11 +227,42 @@ def test_peft_prefixes_default_alpha_is_rank(prefix, down, up):
     assert adapter.alpha == 4.0 and adapter.scale == 1.0  # no config: alpha = r
 
 
-def test_peft_alpha_tensor_wins_over_metadata():
+def test_alpha_tensor_that_the_metadata_contradicts_is_refused_naming_the_key():
     sd = lora_pair("transformer.blocks.0.to_k", 16, 8, r=4, down="lora_A.weight", up="lora_B.weight")
     sd["transformer.blocks.0.to_k.alpha"] = a(2.0)
     meta = {"lora_adapter_metadata": json.dumps({"r": 4, "lora_alpha": 16})}
-    assert parse(sd, meta).modules["transformer.blocks.0.to_k"].scale == 0.5
+    with pytest.raises(
+        LoraFormatError, match=r"^transformer\.blocks\.0\.to_k\.alpha = 2 but .* alpha 16 .*contradicts"
+    ):
+        parse(sd, meta)
+
+
+def test_alpha_tensor_that_the_metadata_agrees_with_is_read():
+    sd = lora_pair("transformer.blocks.0.to_k", 16, 8, r=4, down="lora_A.weight", up="lora_B.weight")
+    sd["transformer.blocks.0.to_k.alpha"] = a(16.0)
+    meta = {"lora_adapter_metadata": json.dumps({"r": 4, "lora_alpha": 16})}
+    assert parse(sd, meta).modules["transformer.blocks.0.to_k"].scale == 4.0
+
+
+@pytest.mark.parametrize(
+    "module, down, up",
+    [
+        ("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", "lora.down.weight", "lora.up.weight"),
+        (
+            "text_encoder.encoder.layers.0.self_attn.q_proj",
+            "lora_linear_layer.down.weight",
+            "lora_linear_layer.up.weight",
+        ),
+    ],
+)
+def test_diffusers_old_key_styles_take_the_component_alpha_from_the_metadata(module, down, up):
+    """diffusers ≥ 0.34 saves SD UNet / text-encoder LoRAs with ``lora.down``/``lora_linear_layer`` keys and the
+    alpha only in the header, per component (``unet.lora_alpha``); r = 8, alpha 16 is scale 2, not 1."""
+    sd = lora_pair(module, 32, 32, r=8, down=down, up=up)
+    meta = {"lora_adapter_metadata": json.dumps({"unet.r": 8, "unet.lora_alpha": 16, "text_encoder.r": 8,
+                                                 "text_encoder.lora_alpha": 16})}  # fmt: skip
+    assert parse(sd, meta).modules[module].scale == 2.0
+    assert parse(sd, {}).modules[module].scale == 1.0  # no metadata: no alpha (scale 1), as before
 
 
 def test_peft_metadata_real_case_r4_alpha16_gives_scale_4():

@@ -141,3 +141,47 @@ def test_unreadable_files_exit_2(tmp_path, capsys, filename, content, error):
 def test_missing_file_exits_2(tmp_path, capsys):
     code, report, err = run_inspect(capsys, str(tmp_path / "nope.safetensors"))
     assert code == 2 and report is None and "nope.safetensors" in err and err.count("\n") == 1
+
+
+def _run(path, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "lora_math", "inspect", str(path), "--json", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_near_miss_part_suffix_is_refused_saying_what_is_off(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = {
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k_lora_down.weight": torch.zeros(4, 320),
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k_lora_up.weight": torch.zeros(320, 4),
+    }
+    path = tmp_path / "joined.safetensors"
+    save_file(sd, str(path))
+    proc = _run(path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "joined to the module name with '_' instead of '.'" in proc.stderr
+    assert "'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k.lora_down.weight'" in proc.stderr
+
+
+def test_near_miss_doubled_prefix_is_refused_naming_the_fix(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = {}
+    for path in ("attn1_to_k", "attn1_to_q", "attn2_to_k"):
+        name = f"lora_unet_unet_down_blocks_0_attentions_0_transformer_blocks_0_{path}"
+        sd[f"{name}.lora_down.weight"] = torch.zeros(4, 768 if path == "attn2_to_k" else 320)
+        sd[f"{name}.lora_up.weight"] = torch.zeros(320, 4)
+        sd[f"{name}.alpha"] = torch.tensor(4.0)
+    path = tmp_path / "doubled.safetensors"
+    save_file(sd, str(path))
+    proc = _run(path)
+    assert proc.returncode == 2, proc.stdout
+    assert "recognised 3 kohya modules" in proc.stderr and "the doubled prefix removed" in proc.stderr
+    assert "'lora_unet_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k' should read " in proc.stderr

@@ -58,14 +58,15 @@ def test_keytables_hold_comfy_patcher_keys(arch):
     table = load_keytable(arch)
     heads = {k.split(".", 1)[0] for k in table}
     expected = {"sd15": {"diffusion_model", "clip_l"}, "sdxl": {"diffusion_model", "clip_l", "clip_g"},
-                "flux": {"diffusion_model", "clip_l", "t5xxl"}}[arch]  # fmt: skip
+                "flux": {"diffusion_model", "clip_l", "t5xxl"}, "sd35_large": {"diffusion_model", "clip_l", "clip_g", "t5xxl"},
+                "sd35_medium": {"diffusion_model", "clip_l", "clip_g", "t5xxl"}}.get(arch, {"diffusion_model"})  # fmt: skip
     assert heads == expected
     assert all(k.endswith((".weight", ".bias")) for k in table)
     assert all(isinstance(s, tuple) and all(isinstance(d, int) for d in s) for s in table.values())
 
 
 def test_keytable_facts():
-    sd15, sdxl, flux = (load_keytable(a) for a in ARCHES)
+    sd15, sdxl, flux = (load_keytable(a) for a in ("sd15", "sdxl", "flux"))
     assert sd15["diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"] == (320, 768)
     assert sd15["diffusion_model.input_blocks.1.1.proj_in.weight"] == (320, 320, 1, 1)
     assert sdxl["diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"] == (640, 2048)
@@ -81,7 +82,9 @@ def test_every_weight_resolves_from_its_kohya_name(arch):
     """No two weights share a spelling: each key's own kohya name resolves back to it."""
     table = alias_table(load_keytable(arch))
     roles = {"diffusion_model.": ["lora_unet_"], "clip_l.transformer.": ["lora_te1_"],
-             "clip_g.transformer.": ["lora_te2_"], "t5xxl.transformer.": ["lora_te2_", "lora_te3_"]}  # fmt: skip
+             "clip_g.transformer.": ["lora_te2_"], "t5xxl.transformer.": ["lora_te3_"]}  # fmt: skip
+    if arch == "flux":
+        roles["t5xxl.transformer."] = ["lora_te2_", "lora_te3_"]  # FLUX has no CLIP-G: te2 is T5 there
     checked = 0
     for key in table.shapes:
         if not key.endswith(".weight"):
@@ -91,7 +94,7 @@ def test_every_weight_resolves_from_its_kohya_name(arch):
         for role in roles[prefix]:
             assert table.resolve(role + path.replace(".", "_")).key == key
             checked += 1
-    assert checked > 300
+    assert checked > 80
 
 
 def test_alias_table_is_cached_per_key_set():
@@ -403,8 +406,25 @@ def test_conv_adapter_on_1x1_conv_and_linear_down():
         ({"lora_te2_text_model_encoder_layers_0_self_attn_q_proj": (1280, 1280)}, {}, "sdxl"),
         ({"lora_te_text_model_encoder_layers_0_self_attn_q_proj": (1024, 1024)}, {}, "sd2"),
         ({"lora_te_text_model_encoder_layers_0_self_attn_q_proj": (768, 768)}, {}, "sd15"),
-        ({"lora_unet_joint_blocks_0_x_block_attn_qkv": (4608, 1536)}, {}, "sd3"),
-        ({"transformer.transformer_blocks.0.attn.add_q_proj": (1536, 1536)}, {}, "sd3"),
+        ({"lora_unet_joint_blocks_0_x_block_attn_qkv": (4608, 1536)}, {}, "sd35_medium"),
+        ({"transformer.transformer_blocks.0.attn.add_q_proj": (1536, 1536)}, {}, "sd35_medium"),
+        ({"transformer.transformer_blocks.3.attn.to_k": (2432, 2432)}, {}, "sd35_large"),
+        ({"lora_unet_joint_blocks_0_x_block_attn_qkv": (7296, 2432)}, {}, "sd35_large"),
+        ({"transformer.transformer_blocks.0.attn.to_q": (6144, 6144)}, {}, "flux2"),
+        ({"diffusion_model.single_blocks.3.linear1": (27648, 3072)}, {}, "flux2_klein_4b"),  # 9 × hidden: FLUX.2
+        ({"lora_unet_single_blocks_3_linear1": (36864, 4096)}, {}, "flux2_klein_9b"),
+        ({"lora_unet_double_blocks_0_img_mlp_0": (18432, 3072)}, {}, "flux2_klein_4b"),  # gated MLP: 6 × hidden
+        ({"transformer.single_transformer_blocks.0.attn.to_qkv_mlp_proj": (27648, 3072)}, {}, "flux2_klein_4b"),
+        ({"transformer.double_stream_modulation_img.linear": (18432, 3072)}, {}, "flux2_klein_4b"),
+        ({"lora_unet_double_blocks_0_img_mlp_0": (12288, 3072)}, {}, "flux"),
+        ({"diffusion_model.distilled_guidance_layer.layers.0.in_layer": (5120, 5120)}, {}, "chroma"),
+        ({"lora_unet_double_blocks_0_img_attn_qkv": (9216, 3072)}, {"modelspec.architecture": "chroma"}, "chroma"),
+        ({"lora_unet_double_blocks_0_img_attn_qkv": (9216, 3072)}, {}, "flux"),
+        ({"diffusion_model.layers.0.attention.qkv": (11520, 3840)}, {}, "z_image"),
+        ({"lora_unet_layers_0_attention_to_q": (3840, 3840)}, {}, "z_image"),  # musubi-tuner native
+        ({"transformer.layers.0.feed_forward.w1": (10240, 3840)}, {}, "z_image"),
+        ({"transformer_blocks.0.img_mlp.net.0.proj.lora_A.default": (12288, 3072)}, {}, "qwen_image"),  # DiffSynth
+        ({"transformer.transformer_blocks.40.attn.to_q": (3072, 3072)}, {}, "qwen_image"),  # deeper than FLUX.1
         ({"transformer.transformer_blocks.0.attn.add_q_proj": (3072, 3072)}, {}, "flux"),
         ({"lora_unet_single_blocks_0_linear1": (21504, 3072)}, {}, "flux"),
         ({"lora_unet_conv_in": (320, 36)}, {"ss_base_model_version": "sdxl_base_v1-0"}, "sdxl"),
@@ -416,3 +436,40 @@ def test_conv_adapter_on_1x1_conv_and_linear_down():
 def test_guess_base_model(modules, metadata, base):
     mods = {name: lora(*shape) for name, shape in modules.items()}
     assert guess_base_model(ParsedLoRA(format="test", modules=mods, metadata=metadata)) == base
+
+
+@pytest.mark.parametrize(
+    ("arch", "module", "model_key"),
+    [
+        ("sd15", "text_encoder.encoder.layers.3.self_attn.q_proj",
+         "clip_l.transformer.text_model.encoder.layers.3.self_attn.q_proj.weight"),  # diffusers ≥ 0.34 / transformers 5
+        ("sd15", "lora_te_encoder_layers_3_mlp_fc1", "clip_l.transformer.text_model.encoder.layers.3.mlp.fc1.weight"),
+        ("sd15", "lora_te1_encoder_layers_3_self_attn_out_proj",  # diffusers' own kohya conversion
+         "clip_l.transformer.text_model.encoder.layers.3.self_attn.out_proj.weight"),
+        ("sdxl", "text_encoder_2.encoder.layers.30.self_attn.k_proj",
+         "clip_g.transformer.text_model.encoder.layers.30.self_attn.k_proj.weight"),
+        ("sdxl", "lora_te2_encoder_layers_30_mlp_fc2", "clip_g.transformer.text_model.encoder.layers.30.mlp.fc2.weight"),
+    ],
+)  # fmt: skip
+def test_text_encoder_names_without_the_text_model_level(arch, module, model_key):
+    assert alias_table(load_keytable(arch)).resolve(module).key == model_key
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHES if a not in ("sd15", "sdxl")])
+def test_each_family_is_told_from_a_full_lora_of_its_own(arch):
+    """A LoRA on every targetable denoiser weight of the full-size model, under the model's own names, is guessed
+    as that family (the key tables are ComfyUI's classes on meta)."""
+    modules = {
+        key[: -len(".weight")]: lora(*shape[:2])
+        for key, shape in load_keytable(arch).items()
+        if key.startswith("diffusion_model.") and key.endswith(".weight") and len(shape) == 2
+    }
+    assert guess_base_model(parsed(modules)) == arch
+
+
+def test_diffusers_kohya_conversion_of_its_own_lora_down_names():
+    """``convert_all_state_dict_to_peft`` + ``convert_state_dict_to_kohya`` on a saved diffusers SD file leave the
+    UNet names as ``…_to_k_lora.down.weight`` (the diffusers docs' recipe); diffusers cannot load them, Loom can."""
+    table = alias_table(load_keytable("sd15"))
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0_lora"
+    assert table.resolve(name).key == "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_out.0.weight"

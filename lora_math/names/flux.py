@@ -1,4 +1,4 @@
-"""diffusers FLUX module names -> BFL/ComfyUI fused module names, with row slices.
+"""diffusers FLUX.1 / FLUX.2 / Chroma module names -> BFL/ComfyUI fused module names, with row slices.
 
 ComfyUI keeps FLUX the BFL way: ``double_blocks.N.img_attn.qkv`` holds q, k and v stacked on the output axis
 (``[3*H, H]``), and ``single_blocks.N.linear1`` holds q, k, v and the MLP input (``[3*H + M, H]``, FLUX.1: 21504).
@@ -10,24 +10,24 @@ stores (scale, shift): those targets carry ``swap_halves``.
 
 xlabs files name the fused layers ``double_blocks.N.processor.{qkv,proj}_lora{1,2}`` (1 = image, 2 = text stream);
 USO-style single blocks use ``single_blocks.N.processor.{qkv,proj}_lora``. They are listed here as aliases too.
+
+FLUX.2 (``Flux2Transformer2DModel``): the same double-block names with ``ff.linear_in/out`` MLPs (gated: ``img_mlp.0``
+holds gate and up, 2 × mlp rows), single blocks keep their fused layers whole (``attn.to_qkv_mlp_proj`` = ``linear1``,
+``attn.to_out`` = ``linear2``), shared modulations (``double_stream_modulation_img.linear`` = ``….lin``) and
+``time_guidance_embed``. Chroma (``ChromaTransformer2DModel``): FLUX.1's blocks without per-block modulation, plus the
+``distilled_guidance_layer`` (``layers.N.linear_1/2`` = ``in_layer/out_layer``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-__all__ = ["FluxAlias", "flux_aliases"]
+from . import Alias
 
+__all__ = ["flux_aliases"]
 
-@dataclass(frozen=True)
-class FluxAlias:
-    """Where a non-BFL FLUX module name lands: ``module`` (BFL path), optional ``rows=(start, stop)``."""
-
-    module: str
-    rows: tuple[int, int] | None = None
-    swap_halves: bool = False
+FluxAlias = Alias
 
 
 _DOUBLE_PLAIN = {
@@ -63,6 +63,17 @@ _SINGLE_PLAIN = {
     "attn.to_qkv_mlp_proj": "linear1",
     "attn.to_out": "linear2",
 }
+# FLUX.2's shared modulation layers, and Chroma's guidance approximator
+_SHARED = {
+    "double_stream_modulation_img.linear": "double_stream_modulation_img.lin",
+    "double_stream_modulation_txt.linear": "double_stream_modulation_txt.lin",
+    "single_stream_modulation.linear": "single_stream_modulation.lin",
+    "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
+    "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer",
+    "time_guidance_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+    "time_guidance_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+}
+_APPROXIMATOR = re.compile(r"^distilled_guidance_layer\.layers\.(\d+)\.(in_layer|out_layer)$")
 _TOP = {
     "x_embedder": "img_in",
     "context_embedder": "txt_in",
@@ -117,14 +128,22 @@ def flux_aliases(weight_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Flux
                     out[f"{dif}.{name}"] = FluxAlias(f"{bfl}.linear1", (j * h, (j + 1) * h))
                 out[f"{dif}.proj_mlp"] = FluxAlias(f"{bfl}.linear1", (3 * h, shape[0]))
                 out[f"{bfl}.processor.qkv_lora"] = FluxAlias(f"{bfl}.linear1", (0, 3 * h))
+                out[f"{bfl}.linear1_qkv"] = FluxAlias(f"{bfl}.linear1", (0, 3 * h))  # core's name for the qkv rows
             for src, dst in _SINGLE_PLAIN.items():
                 if f"{bfl}.{dst}" in weight_shapes:
                     prefix = bfl if src.startswith("processor.") else dif
                     out[f"{prefix}.{src}"] = FluxAlias(f"{bfl}.{dst}")
 
-    for src, dst in _TOP.items():
+    if not blocks:  # not a FLUX-family model: its other layers are someone else's business
+        return out
+    for src, dst in (*_TOP.items(), *_SHARED.items()):
         if dst in weight_shapes:
-            out[src] = FluxAlias(dst)
+            out.setdefault(src, FluxAlias(dst))
+    for path in weight_shapes:
+        m = _APPROXIMATOR.match(path)
+        if m:
+            name = "linear_1" if m.group(2) == "in_layer" else "linear_2"
+            out[f"distilled_guidance_layer.layers.{m.group(1)}.{name}"] = FluxAlias(path)
     if "final_layer.adaLN_modulation.1" in weight_shapes:
         out["norm_out.linear"] = FluxAlias("final_layer.adaLN_modulation.1", swap_halves=True)
     return out
