@@ -74,7 +74,8 @@ def test_unknown_family_and_mismatched_vae(train_mod, sd15):
     model, clip, vae = sd15
     odd = types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=torch.nn.Linear(2, 2)))
     with pytest.raises(
-        ValueError, match=r"^model: SimpleNamespace is not a model family LoRA Loom trains or saves LoRAs for"
+        ValueError,
+        match=r"^model: SimpleNamespace \(unknown\) is not a model family LoRA Loom trains or saves LoRAs for",
     ):
         run(train_mod, sd15, model=odd)
 
