@@ -2,8 +2,8 @@
 
 Prints one JSON object: format, base_model, rank, alpha, targets (adapter modules in the file), matched (count),
 unmatched (module names), coverage (matched / targets) against the full-size key table of ``--arch`` (``auto``: the
-base model guessed from the file), ignored_keys, trigger_words, training (selected ``ss_*``/``modelspec.*`` fields) and
-the header metadata (built by ``lora_math.report``). Modules that name a weight of another shape
+base model guessed from the file), ignored_keys, trigger_words, header (the header metadata as Loom LoRA Info and the
+web info panel show it: ``lora_math.report.header_view``) and metadata (the raw header, JSON values decoded). Modules that name a weight of another shape
 (a LoRA for another base model) are listed in ``mismatched`` too; that is a report, not a refusal. Exit 0 when parsed; exit 2 with a one-line message on
 stderr when the file is refused. Imports no ComfyUI.
 """

@@ -1,8 +1,12 @@
-"""Loom LoRA Info: what a LoRA file is (format, base model, rank/alpha, coverage, trigger words, training metadata).
+"""Loom LoRA Info: what a LoRA file is (format, base model, rank/alpha, coverage, trigger words, header metadata).
 
-The pieces come from ``lora_math.report``, the same code as ``python -m lora_math inspect``. Coverage is measured
-against the connected MODEL (and CLIP, when connected); with neither, against the full-size key table of the base
-model guessed from the file.
+The pieces come from ``lora_math.report``, the same code as ``python -m lora_math inspect`` and the web info panel:
+the header metadata is ``report.header_view`` as text (every key, the writer, trigger words from every source).
+Coverage is measured against the connected MODEL (and CLIP, when connected); with neither, against the full-size key
+table of the base model guessed from the file.
+
+A connected MODEL's ``lora_metadata`` attachment (the header of the last LoRA a loader applied to it) is not shown:
+it holds one header without the file's name, so next to ``lora_name`` it would describe another file.
 """
 
 from __future__ import annotations
@@ -15,12 +19,20 @@ from . import comfy_bridge, lora_files
 
 OUTPUTS = (
     ("summary", "Everything below in one text."),
-    ("trigger_words", "Likely trigger words, comma separated: modelspec.trigger_phrase, training comment, top tags."),
+    (
+        "trigger_words",
+        "Likely trigger words, comma separated: modelspec.trigger_phrase, loom_trigger_words, the training comment, "
+        "OneTrainer embedding placeholders, the top tags.",
+    ),
     ("base_model", "Base model guessed from the file: sd15, sd2, sdxl, flux, sd3 or unknown."),
     ("format", "File format, e.g. kohya, lycoris-lokr, diffusers-peft, flux-diffusers."),
     ("rank_alpha", "Rank and alpha of the adapters."),
     ("coverage", "How many of the file's modules land on a weight of the model (or of the key table)."),
-    ("training", "Training metadata (ss_*, modelspec.*), one 'field: value' per line."),
+    (
+        "training",
+        "The header metadata, every key: 'written by', then sections (about, training, adapter config, other keys) "
+        "of '  field: value' lines.",
+    ),
 )
 
 
@@ -89,11 +101,12 @@ class LoomLoraInfo(io.ComfyNode):
     @classmethod
     def execute(cls, lora_name, model=None, clip=None) -> io.NodeOutput:
         parsed = lora_files.load(lora_name)  # may raise ValueError naming lora_name
-        words = ", ".join(report.trigger_words(parsed.metadata))
+        view = report.header_view(parsed.metadata)
+        words = ", ".join(view.trigger_words)
         base = keymap.guess_base_model(parsed)
         rank_alpha = rank_alpha_text(parsed)
         coverage = coverage_text(parsed, model, clip)
-        training = "\n".join(f"{label}: {value}" for label, value in report.training_summary(parsed.metadata))
+        training = "\n".join(view.lines())
         lines = [
             lora_name,
             f"format: {parsed.format}, {len(parsed.modules)} modules",
@@ -104,6 +117,6 @@ class LoomLoraInfo(io.ComfyNode):
         ]
         if parsed.ignored:
             lines.append(f"ignored keys: {len(parsed.ignored)} ({_first(list(parsed.ignored))})")
-        lines.append("training:" + ("".join(f"\n  {t}" for t in training.splitlines()) or " (no metadata)"))
+        lines += view.lines() or ["header metadata: (none)"]
         summary = "\n".join(lines)
         return io.NodeOutput(summary, words, base, parsed.format, rank_alpha, coverage, training)

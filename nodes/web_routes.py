@@ -5,14 +5,19 @@ the stack editor and the loader::
 
     {"name": "style/a.safetensors", "format": "kohya", "base_model": "sd15", "rank": 16, "alpha": 8.0,
      "rank_alpha": "rank 16, alpha 8", "modules": 192, "ignored_keys": 0, "file_size": 9437184,
-     "trigger_words": ["loomtok"], "training": [["optimizer", "AdamW"], ...],
-     "metadata": {"ss_network_dim": "16", "modelspec.title": "a", "loom_version": "0.1.0", ...},
+     "trigger_words": ["loomtok"],
+     "header": {"writer": "kohya-ss/sd-scripts (commit 8eb60baf3a)", "trigger_words": ["loomtok"],
+                "sections": [{"title": "about", "rows": [{"label": "title", "value": "a",
+                                                          "keys": ["modelspec.title"]}, ...]}, ...],
+                "truncated": []},
+     "metadata": {"ss_network_dim": "16", "modelspec.title": "a", "format": "pt", ...},
      "metadata_truncated": []}
 
-``rank``/``alpha``: one number, a sorted list when modules differ, or null. ``training``: ``[label, value]`` pairs as
-the Loom LoRA Info node shows them. ``metadata``: the header's ``ss_*``, ``modelspec.*`` and ``loom_*`` values as
-the strings the file holds, each cut to :data:`MAX_VALUE_CHARS` (names of cut keys in ``metadata_truncated``).
-Values are data, never markup: the web panel renders them with ``textContent``.
+``rank``/``alpha``: one number, a sorted list when modules differ, or null. ``header``: the header metadata as
+``lora_math.report.header_view`` gives it to the Loom LoRA Info node and ``inspect`` too (every key, in sections, the
+writer, trigger words). ``metadata``: every header key with the string the file holds, each cut to
+:data:`MAX_VALUE_CHARS` (names of cut keys in ``metadata_truncated``). Values are data, never markup: the web panel
+renders them with ``textContent``.
 
 Names are LoRA names as ComfyUI lists them (paths relative to a ``loras`` folder), checked as the stack's rows are
 and resolved by ``lora_files`` exactly as the loader does. Errors are JSON ``{"error": "name: ..."}``: 400 for a
@@ -37,8 +42,7 @@ from .stack import check_name
 log = logging.getLogger("lora_loom")
 
 ROUTE = "/loom/lora_info"
-METADATA_PREFIXES = ("ss_", "modelspec.", "loom_")
-MAX_VALUE_CHARS = 4000  # ss_tag_frequency and modelspec.thumbnail can be megabytes
+MAX_VALUE_CHARS = report.MAX_VALUE_CHARS  # the view's cut: ss_tag_frequency and modelspec.thumbnail can be megabytes
 
 _registered = False
 
@@ -74,12 +78,12 @@ def lora_info(name: str | None) -> dict:
     except OSError as e:
         raise RouteError(404, f"name: cannot read LoRA {name!r}: {e.strerror or e}") from None
     rank, alpha = report.rank_alpha(parsed)
+    view = report.header_view(parsed.metadata)
     metadata, truncated = {}, []
     for key in sorted(parsed.metadata):
-        if key.startswith(METADATA_PREFIXES):
-            metadata[key], cut = _cut(str(parsed.metadata[key]))
-            if cut:
-                truncated.append(key)
+        metadata[key], cut = _cut(str(parsed.metadata[key]))
+        if cut:
+            truncated.append(key)
     return {
         "name": name,
         "format": parsed.format,
@@ -90,8 +94,8 @@ def lora_info(name: str | None) -> dict:
         "modules": len(parsed.modules),
         "ignored_keys": len(parsed.ignored),
         "file_size": os.path.getsize(path),
-        "trigger_words": report.trigger_words(parsed.metadata),
-        "training": [list(pair) for pair in report.training_summary(parsed.metadata)],
+        "trigger_words": list(view.trigger_words),
+        "header": view.to_json(),
         "metadata": metadata,
         "metadata_truncated": truncated,
     }

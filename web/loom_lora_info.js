@@ -1,8 +1,8 @@
 // LoRA Loom: the LoRA info panel. Hover or click an (i) (stack rows, loom_stack_editor.js) or the "LoRA info" line of
-// Loom LoRA Loader / Loom LoRA Info, and a panel shows what the file is: format, base model, rank/alpha, modules,
-// trigger words, the training summary and the raw ss_* / modelspec.* / loom_* metadata, from GET /loom/lora_info
-// (nodes/web_routes.py). Metadata is data from arbitrary files: the panel is built with createElement + textContent
-// only, never innerHTML, so markup in a file shows as text.
+// Loom LoRA Loader / Loom LoRA Info, and a panel shows what the file is: format, base model, rank/alpha, modules, who
+// wrote it, trigger words, the header metadata in the sections Loom LoRA Info shows (about, training, adapter config,
+// other keys) and the raw header, from GET /loom/lora_info (nodes/web_routes.py). Metadata is data from arbitrary
+// files: the panel is built with createElement + textContent only, never innerHTML, so markup in a file shows as text.
 // Hover shows it while the pointer is on the (i) or the panel; a click pins it until Escape, the close button or a
 // click elsewhere. The canvas widget on the loaders is not serialised.
 import { app } from "../../scripts/app.js";
@@ -27,6 +27,7 @@ const STYLE = `
 .loom-info dt { opacity: 0.65; }
 .loom-info dd { margin: 0; overflow-wrap: anywhere; white-space: pre-wrap; }
 .loom-info-section { margin: 8px 0 4px; font-weight: bold; opacity: 0.85; }
+.loom-info-rows dd { max-height: 8em; overflow: auto; }
 .loom-info-meta dd { font-family: monospace; font-size: 11px; max-height: 8em; overflow: auto; }
 .loom-info-meta dt { font-family: monospace; font-size: 11px; }
 .loom-info-word { display: inline-block; margin: 0 4px 2px 0; padding: 0 5px; border-radius: 3px; cursor: copy;
@@ -102,6 +103,24 @@ function definitionList(pairs, className) {
   return dl;
 }
 
+/** The header view's sections (the same rows Loom LoRA Info and `inspect` show), each a heading and a list. */
+function renderSections(header) {
+  const body = document.createDocumentFragment();
+  for (const section of header?.sections ?? []) {
+    const heading = el("div", "loom-info-section", section.title);
+    heading.dataset.testid = "loom-lora-info-section";
+    const list = definitionList(section.rows.map((row) => [row.label, row.value]), "loom-info-rows");
+    list.dataset.section = section.title;
+    // which header keys a row comes from, on hover: the labels are readable names, the keys are what tools grep for
+    list.querySelectorAll("dt").forEach((dt, i) => (dt.title = section.rows[i].keys.join(", ")));
+    body.append(heading, list);
+  }
+  if (header?.truncated?.length) {
+    body.appendChild(el("div", "loom-info-note", `cut to 4000 characters: ${header.truncated.join(", ")}`));
+  }
+  return body;
+}
+
 /** The panel body for a route answer (DOM nodes, text only). */
 export function renderInfo(info) {
   const body = document.createDocumentFragment();
@@ -120,24 +139,21 @@ export function renderInfo(info) {
   } else {
     words.appendChild(el("span", "loom-info-note", "none found"));
   }
-  body.appendChild(
-    definitionList([
-      ["format", info.format, "loom-lora-info-format"],
-      ["base model", info.base_model, "loom-lora-info-base"],
-      ["rank / alpha", info.rank_alpha ?? `${formatValue(info.rank)} / ${formatValue(info.alpha)}`, "loom-lora-info-rank"],
-      ["modules", info.ignored_keys ? `${info.modules} (${info.ignored_keys} keys ignored)` : info.modules],
-      ["file size", formatBytes(info.file_size)],
-      ["trigger words", words, "loom-lora-info-words"],
-    ]),
-  );
-  if (info.training?.length) {
-    body.appendChild(el("div", "loom-info-section", "training"));
-    body.appendChild(definitionList(info.training.map(([label, value]) => [label, value]), "loom-info-training"));
-  }
+  const summary = [
+    ["format", info.format, "loom-lora-info-format"],
+    ["base model", info.base_model, "loom-lora-info-base"],
+    ["rank / alpha", info.rank_alpha ?? `${formatValue(info.rank)} / ${formatValue(info.alpha)}`, "loom-lora-info-rank"],
+    ["modules", info.ignored_keys ? `${info.modules} (${info.ignored_keys} keys ignored)` : info.modules],
+    ["file size", formatBytes(info.file_size)],
+  ];
+  if (info.header?.writer) summary.push(["written by", info.header.writer, "loom-lora-info-writer"]);
+  summary.push(["trigger words", words, "loom-lora-info-words"]);
+  body.appendChild(definitionList(summary));
+  body.appendChild(renderSections(info.header));
   const keys = Object.keys(info.metadata ?? {});
   const details = el("details", "loom-info-details");
   details.dataset.testid = "loom-lora-info-metadata";
-  details.appendChild(el("summary", null, keys.length ? `metadata (${keys.length} keys)` : "metadata (none)"));
+  details.appendChild(el("summary", null, keys.length ? `raw header (${keys.length} keys)` : "raw header (none)"));
   if (keys.length) {
     details.appendChild(definitionList(keys.map((key) => [key, info.metadata[key]]), "loom-info-meta"));
     if (info.metadata_truncated?.length) {

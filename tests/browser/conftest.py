@@ -2,19 +2,24 @@
 
 One server and one browser per session; every test gets a fresh tab in a fresh browser context (its own storage),
 with the console collected from the first script on. The server also sees a temporary `loras` folder holding a LoRA
-whose metadata is HTML and script, for the info panel's escaping.
+whose metadata is HTML and script, for the info panel's escaping, and a diffusers-PEFT LoRA (``writer_headers``), for
+the panel's rendering of a non-kohya header.
 """
 
 import pytest
 from comfy_server import ComfyServer
 from loom_browser import BrowserMissing, ComfyPage, launch
 from markup_lora import write_xss_lora
+from writer_headers import write_peft_sd15
+
+PEFT_LORA = "loom-peft-metadata.safetensors"
 
 
 @pytest.fixture(scope="session")
 def extra_loras(tmp_path_factory):
     folder = tmp_path_factory.mktemp("loras")
     write_xss_lora(folder)
+    write_peft_sd15(folder / PEFT_LORA)
     return folder
 
 

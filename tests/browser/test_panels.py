@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+from conftest import PEFT_LORA
 from markup_lora import XSS_COMMENT, XSS_LORA, XSS_TITLE, XSS_TRIGGER
+from writer_headers import PEFT_FILE_HEADER, PEFT_TRIGGER
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_WORKFLOW = REPO / "example_workflows" / "lora_stack_sd15.json"
@@ -63,18 +65,24 @@ def test_stack_editor_adds_toggles_and_reorders_rows_into_the_saved_workflow(ui)
     assert shown_rows(editor) == expected
 
 
-def test_info_panel_shows_metadata_markup_as_text(ui):
-    requested = []
-    ui.page.on("request", lambda r: requested.append(r.url))
+def open_info(ui, search: str, name: str):
+    """A new row for ``name`` in the stack example, its (i) clicked; returns the info panel once it has an answer."""
     _, editor = open_stack(ui)
-    add_row(ui, editor, "xss", XSS_LORA)
-    row = editor.locator(f'[data-testid="loom-stack-row"][data-name="{XSS_LORA}"]')
+    add_row(ui, editor, search, name)
+    row = editor.locator(f'[data-testid="loom-stack-row"][data-name="{name}"]')
     row.get_by_test_id("loom-row-info").click()
     panel = ui.page.get_by_test_id("loom-lora-info")
     ui.page.wait_for_function(
         "() => ['ready', 'error'].includes(document.querySelector('[data-testid=loom-lora-info]')?.dataset.state)"
     )
     assert panel.get_attribute("data-state") == "ready", panel.inner_text()
+    return panel
+
+
+def test_info_panel_shows_metadata_markup_as_text(ui):
+    requested = []
+    ui.page.on("request", lambda r: requested.append(r.url))
+    panel = open_info(ui, "xss", XSS_LORA)
     text = panel.inner_text()
     assert XSS_LORA in text
     assert XSS_COMMENT in text  # the training comment, character for character
@@ -85,3 +93,34 @@ def test_info_panel_shows_metadata_markup_as_text(ui):
     ui.page.wait_for_timeout(500)  # an <img src=x> would have been requested and failed by now
     assert ui.page.evaluate("() => typeof window.__loom_xss") == "undefined"
     assert not [u for u in requested if u.endswith("/x")], "the metadata's <img src=x> was loaded"
+
+
+def test_info_panel_shows_a_diffusers_files_header_per_component(ui):
+    """A diffusers-PEFT file: who wrote it, its ``lora_adapter_metadata`` as one section per component (the rows Loom
+    LoRA Info prints), the trigger phrase as a chip, the other keys, and the raw header behind a disclosure."""
+    panel = open_info(ui, "peft-metadata", PEFT_LORA)
+    assert panel.get_by_test_id("loom-lora-info-format").inner_text() == "diffusers-peft"
+    assert panel.get_by_test_id("loom-lora-info-writer").inner_text() == "diffusers / PEFT"
+    assert panel.get_by_test_id("loom-lora-info-word").all_inner_texts() == [PEFT_TRIGGER]
+    titles = panel.get_by_test_id("loom-lora-info-section").all_inner_texts()
+    assert titles == ["about", "adapter config (text_encoder)", "adapter config (unet)", "other keys"]
+
+    def shown(section: str) -> list[tuple[str, str]]:
+        cells = panel.locator(f'dl[data-section="{section}"] > *').all_inner_texts()
+        return list(zip(cells[::2], cells[1::2], strict=True))
+
+    assert shown("adapter config (text_encoder)") == [
+        ("r", "4"),
+        ("lora_alpha", "2.0"),
+        ("target_modules", "q_proj, v_proj"),
+    ]
+    unet = dict(shown("adapter config (unet)"))
+    assert (unet["r"], unet["lora_alpha"], unet["use_dora"]) == ("4", "8.0", "false")
+    assert "megatron_config" in unet["not set"]
+    assert dict(shown("about"))["title"] == PEFT_FILE_HEADER["modelspec.title"]  # markup in a title stays text
+    assert panel.locator("i").count() == 0
+    assert dict(shown("other keys")) == {"format": "pt"}
+    hover = panel.locator('dl[data-section="adapter config (unet)"] > dt').first.get_attribute("title")
+    assert hover == "lora_adapter_metadata"  # the header key a row comes from
+    raw = panel.get_by_test_id("loom-lora-info-metadata")
+    assert raw.locator("summary").inner_text() == f"raw header ({len(PEFT_FILE_HEADER)} keys)"

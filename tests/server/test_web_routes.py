@@ -2,12 +2,18 @@
 
 import json
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.parse
 import uuid
+from pathlib import Path
 
 import pytest
+import writer_headers as wh
 from comfy_env import MODELS
+
+REPO = Path(__file__).resolve().parents[2]
 
 LORA = "loom-tiny-sd15-lora.safetensors"
 HTML = '<img src=x onerror=alert(1)><script>alert("x")</script>'
@@ -40,7 +46,7 @@ def html_lora():
             "modelspec.title": "<b>bold</b> & co",
             "loom_scope": "line 1\nline 2",
             "ss_tag_frequency": json.dumps({"set": {f"tag{i}": i for i in range(2000)}}),
-            "other_key": "not returned",
+            "other_key": "<a writer's own key>",
         }
         save_file(load_file(MODELS / "loras" / LORA), folder / "html.safetensors", metadata=metadata)
         yield f"{folder.name}/html.safetensors"
@@ -58,8 +64,10 @@ def test_lora_info_reports_the_file(server):
     assert body["rank_alpha"] == "rank 8, alpha 4"
     assert body["modules"] == 104
     assert body["file_size"] == (MODELS / "loras" / LORA).stat().st_size
-    assert isinstance(body["trigger_words"], list)
-    assert isinstance(body["training"], list) and isinstance(body["metadata"], dict)
+    assert body["trigger_words"] == body["header"]["trigger_words"] == ["loomstyle"]
+    rows = {r["label"]: r["value"] for s in body["header"]["sections"] for r in s["rows"]}
+    assert rows["title"] == "LoRA Loom tiny demo LoRA (random weights)" and rows["dim / alpha"] == "8 / 4.0"
+    assert rows["loom.note"] == body["metadata"]["loom.note"] == "seeded random stand-in"  # every key, own names too
     # ComfyUI serves every custom route under /api too (the frontend calls it there).
     assert info(server, LORA, prefix="/api") == (200, body)
 
@@ -72,11 +80,45 @@ def test_lora_info_returns_metadata_as_plain_strings(server, html_lora):
     assert metadata["ss_output_name"] == HTML  # untouched text: escaping is the renderer's job (textContent)
     assert metadata["modelspec.title"] == "<b>bold</b> & co"
     assert metadata["loom_scope"] == "line 1\nline 2"
-    assert "other_key" not in metadata  # only ss_*, modelspec.*, loom_*
+    assert metadata["other_key"] == "<a writer's own key>"  # every key, whoever wrote it
     assert body["metadata_truncated"] == ["ss_tag_frequency"]
     assert len(metadata["ss_tag_frequency"]) == 4000 and metadata["ss_tag_frequency"].endswith("\u2026")
     assert HTML in body["trigger_words"]
-    assert ["title", "<b>bold</b> & co"] in body["training"]
+    rows = [(r["label"], r["value"]) for s in body["header"]["sections"] for r in s["rows"]]
+    assert ("title", "<b>bold</b> & co") in rows and ("other_key", "<a writer's own key>") in rows
+    assert ("output name", HTML) in rows
+
+
+def test_lora_info_header_is_the_view_inspect_prints(server):
+    """A diffusers-PEFT file (``lora_adapter_metadata`` for two components): the route's header view is, field for
+    field, what ``python -m lora_math inspect --json`` prints for the same file (and Loom LoRA Info as text)."""
+    folder = MODELS / "loras" / f"_loom_route_test_{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    try:
+        wh.write_peft_sd15(folder / "peft.safetensors")
+        status, body = info(server, f"{folder.name}/peft.safetensors")
+        cli = subprocess.run(
+            [sys.executable, "-m", "lora_math", "inspect", str(folder / "peft.safetensors"), "--json"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        shutil.rmtree(folder)
+    assert status == 200, body
+    assert cli.returncode == 0, cli.stderr
+    assert body["header"] == json.loads(cli.stdout)["header"]
+    assert body["format"] == "diffusers-peft" and body["header"]["writer"] == "diffusers / PEFT"
+    sections = {s["title"]: {r["label"]: r["value"] for r in s["rows"]} for s in body["header"]["sections"]}
+    assert sections["adapter config (unet)"]["lora_alpha"] == "8.0"
+    assert sections["adapter config (text_encoder)"] == {
+        "r": "4",
+        "lora_alpha": "2.0",
+        "target_modules": "q_proj, v_proj",
+    }
+    assert body["trigger_words"] == [wh.PEFT_TRIGGER]
+    assert json.loads(body["metadata"]["lora_adapter_metadata"])["unet.r"] == 4  # the raw header beside the view
 
 
 @pytest.mark.parametrize("name", ["../x", "../../models/loras/" + LORA, "a/../../x.safetensors", "/etc/passwd", ""])

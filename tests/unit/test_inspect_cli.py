@@ -185,3 +185,23 @@ def test_near_miss_doubled_prefix_is_refused_naming_the_fix(tmp_path):
     assert proc.returncode == 2, proc.stdout
     assert "recognised 3 kohya modules" in proc.stderr and "the doubled prefix removed" in proc.stderr
     assert "'lora_unet_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k' should read " in proc.stderr
+
+
+def test_header_metadata_is_the_shared_view_in_both_outputs(tmp_path, capsys):
+    """A diffusers-PEFT file: its ``lora_adapter_metadata`` per component, the writer, the trigger phrase; the same
+    view (``report.header_view``) in the indented and the --json output, beside the raw header decoded."""
+    import writer_headers as wh
+
+    from lora_math.report import header_view
+
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    wh.write_peft_sd15(path)
+    code, report, _ = run_inspect(capsys, str(path))
+    assert code == 0 and (report["format"], report["alpha"]) == ("diffusers-peft", [2.0, 8.0])
+    assert report["header"] == header_view(wh.PEFT_FILE_HEADER).to_json()
+    assert report["header"]["writer"] == "diffusers / PEFT" and report["trigger_words"] == [wh.PEFT_TRIGGER]
+    titles = [s["title"] for s in report["header"]["sections"]]
+    assert titles == ["about", "adapter config (text_encoder)", "adapter config (unet)", "other keys"]
+    assert report["metadata"]["lora_adapter_metadata"]["unet.lora_alpha"] == 8.0  # decoded, nothing cut
+    code, compact, _ = run_inspect(capsys, str(path), "--json")
+    assert code == 0 and compact == report
