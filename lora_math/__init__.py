@@ -3,7 +3,7 @@
 Never import ``comfy``, ``folder_paths``, ``nodes`` or ``server`` anywhere under this package.
 """
 
-from .adapters import Adapter, Full, LoHa, LoKr, LoRA, bypass_forward, merged_weight
+from .adapters import Adapter, Full, LoHa, LoKr, LoRA, Replace, bypass_forward, merged_weight
 from .errors import LoraFileError, LoraFormatError, LoraShapeError
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "LoraFileError",
     "LoraFormatError",
     "LoraShapeError",
+    "Replace",
     "bypass_forward",
     "merged_weight",
 ]

@@ -14,7 +14,8 @@ well inside fp16 rounding of the delta, and the price of not keeping fp32 factor
 Other additive adapters (LoHa, LoKr, full diffs) materialise their fp32 delta, summed with the
 low-rank part before the single rounding.
 
-DoRA is not additive (it renormalises ``W + sΔW``): callers route it elsewhere (:func:`is_additive`).
+DoRA is not additive (it renormalises ``W + sΔW``), nor is a replacement (FLUX control LoRAs' norm scales): callers
+route them elsewhere (:func:`is_additive`).
 
 Each update rounds once, so weights drift by at most half an ulp per update from the exact
 ``W0 + Σ sΔW``; callers keep ``W0`` to restore bit-exactly (ComfyUI's backups do).
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .adapters import Adapter, LoRA
+from .adapters import Adapter, LoRA, Replace
 
 log = logging.getLogger("lora_loom")
 
@@ -52,7 +53,8 @@ class Term:
 
 
 def is_additive(adapter: Adapter) -> bool:
-    return getattr(adapter, "dora_scale", None) is None
+    """``W + s·ΔW`` with ΔW independent of W: not DoRA (renormalises), not a :class:`Replace` (sets the weight)."""
+    return getattr(adapter, "dora_scale", None) is None and not isinstance(adapter, Replace)
 
 
 def is_low_rank(adapter: Adapter) -> bool:

@@ -2,7 +2,9 @@
 
 Each table maps a ComfyUI ModelPatcher key (``diffusion_model.…weight``, ``clip_l.transformer.…weight``,
 ``clip_g.transformer.…``, ``t5xxl.transformer.…``) to its shape, for the weights of ``Linear`` and ``Conv`` modules
-(and their biases): the only weights a LoRA file can target. The models are ComfyUI's own classes, built on the
+(and their biases): the weights a LoRA file can target; for FLUX.1 also the attention q/k RMSNorm scales, which BFL's
+control LoRAs replace (named ``….scale`` as in the checkpoints and ComfyUI 0.3.75; upstream's RMSNorm calls the
+same tensor ``….weight``, and the key mapping accepts both). The models are ComfyUI's own classes, built on the
 ``meta`` device, so nothing is allocated and no weights are downloaded. The output holds key names and shapes only.
 
 SD1.5 / SDXL / FLUX.1-dev come from their published configurations. The newer families (FLUX.2 dev and klein,
@@ -178,6 +180,23 @@ def targetable_shapes(module, torch, prefix: str = "") -> dict[str, list[int]]:
     return out
 
 
+# Archs whose LoRAs may replace the q/k norm scales: FLUX.1, for BFL's Depth/Canny control LoRAs.
+QK_NORM_ARCHES = ("flux",)
+
+
+def qk_norm_shapes(module, prefix: str = "") -> dict[str, list[int]]:
+    """``….query_norm.scale`` / ``….key_norm.scale`` of every attention's QKNorm, whatever this ComfyUI calls the
+    parameter (``scale`` on 0.3.75, ``weight`` upstream)."""
+    out: dict[str, list[int]] = {}
+    for name, sub in module.named_modules():
+        if name.endswith((".query_norm", ".key_norm")):
+            param = getattr(sub, "scale", None)
+            if param is None:
+                param = sub.weight
+            out[f"{prefix}{name}.scale"] = list(param.shape)
+    return out
+
+
 def unet_config(arch: str) -> dict:
     from comfy_env import flux_dit_config  # scripts/ is on the path: this file lives there
 
@@ -222,6 +241,8 @@ def build_table(arch: str, comfy, torch) -> dict[str, list[int]]:
     except (ValueError, AssertionError, TypeError, KeyError) as e:  # e.g. a head count its detection got wrong
         raise CannotBuild(f"{arch}: ComfyUI's model class refused the detected config ({type(e).__name__}: {e})") from e
     table = targetable_shapes(model, torch)
+    if arch in QK_NORM_ARCHES:
+        table.update(qk_norm_shapes(model))
     if clip is not None:
         table.update(targetable_shapes(clip, torch))
     return dict(sorted(table.items()))

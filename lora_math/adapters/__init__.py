@@ -1,6 +1,7 @@
 """Adapters: one frozen dataclass per algorithm, and the two ways to apply them.
 
     LoRA (plain, LoCon, Tucker) | LoHa | LoKr | Full     -> .rank, .scale, .delta_weight(shape, device)
+    Replace (a tensor that takes the weight's place)     -> .replaced(shape, device); no delta
     merged_weight(weight, adapter, strength)              -> patched weight (DoRA included), weight.dtype
     bypass_forward(adapter, x, base_out, strength, *, kind, conv_args=None, weight=None) -> patched output
     bypass_delta(...same arguments)                     -> strength * Δ(x), the output's update alone
@@ -14,6 +15,7 @@ from .full import Full
 from .loha import LoHa
 from .lokr import LoKr
 from .lora import LoRA
+from .replace import Replace
 
 __all__ = [
     "Adapter",
@@ -21,6 +23,7 @@ __all__ = [
     "LoHa",
     "LoKr",
     "LoRA",
+    "Replace",
     "bypass_delta",
     "bypass_forward",
     "dora_axis",

@@ -19,14 +19,17 @@ from .loha import LoHa
 from .lokr import LoKr
 from .lora import LoRA
 from .ops import CONV_DIMS, KINDS, ConvArgs, layer_op, parse_conv_args
+from .replace import Replace
 from .shapes import fmt_shape, fp32
 
 __all__ = ["Adapter", "bypass_delta", "bypass_forward", "merged_bias", "merged_weight"]
 
-Adapter = LoRA | LoHa | LoKr | Full
+Adapter = LoRA | LoHa | LoKr | Full | Replace
 
 
 def _merged_fp32(weight: Tensor, adapter: Adapter, strength: float) -> Tensor:
+    if isinstance(adapter, Replace):
+        return adapter.replaced(weight.shape, device=weight.device)
     delta = adapter.delta_weight(weight.shape, device=weight.device)
     dora_scale = getattr(adapter, "dora_scale", None)
     if dora_scale is None:
@@ -38,7 +41,8 @@ def merged_weight(weight: Tensor, adapter: Adapter, strength: float) -> Tensor:
     """A new tensor ``W + strength * ΔW`` (or the DoRA merge, see ``dora.py``) in ``weight.dtype``.
 
     weight: the layer weight ``[out, in, *k]`` (any float dtype; left untouched, so keeping it is the unpatch).
-    ΔW carries alpha/rank already (``adapter.delta_weight``); ``strength`` is applied here.
+    ΔW carries alpha/rank already (``adapter.delta_weight``); ``strength`` is applied here. A :class:`Replace` gives
+    its value whatever the strength (as core's "set" patch).
     """
     # Everything is computed in fp32 and cast to the weight's dtype exactly once, here: casting the delta first and
     # adding in fp16/bf16 would round twice and lose small deltas against large weights.
@@ -132,6 +136,11 @@ def bypass_delta(
     """
     if kind not in KINDS:
         raise ValueError(f"bypass_forward: kind must be one of {list(KINDS)}, found {kind!r}")
+    if isinstance(adapter, Replace):
+        raise NotImplementedError(
+            f"{adapter!r} replaces the layer's weight whatever the strength, so it has no output-side form: patch the "
+            "weight with merged_weight() instead"
+        )
     conv = parse_conv_args(conv_args, CONV_DIMS[kind]) if kind != "linear" else None
     if conv is None and conv_args:
         raise ValueError(f"bypass_forward: conv_args {dict(conv_args)} given for a linear layer")

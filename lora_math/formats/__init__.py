@@ -4,7 +4,7 @@ Families read (see ``docs/lora-formats.md``): kohya / sd-scripts (SD1/SD2/SDXL/F
 LyCORIS LoHa / LoKr / full diffs, DoRA (``dora_scale``, PEFT ``lora_magnitude_vector``), diffusers attention
 processors and ``lora_linear_layer`` (2023), diffusers ``lora.down/up``, diffusers / PEFT ``lora_A/lora_B`` with any
 component prefix, FLUX BFL / ai-toolkit, FLUX diffusers, xlabs, OneTrainer, SimpleTuner (incl. ``lycoris_``),
-Wan-Fun, BFL control LoRA bias diffs. Refused: cloneofsimo legacy files and state dicts with no adapter keys.
+Wan-Fun, BFL FLUX control LoRAs (bias diffs, norm replacements, the widened ``img_in``: ``control``). Refused: cloneofsimo legacy files and state dicts with no adapter keys.
 
 Parsing only groups and validates tensors; which model weight each module patches is ``lora_math.keymap``'s job.
 Alpha: the module's ``.alpha`` tensor; for PEFT / diffusers key styles (``lora_A/B``, ``lora.down/up``,
@@ -23,6 +23,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import LoraFormatError
+from . import control
 from .alpha import METADATA_KEY, PeftAlpha
 from .build import build_adapters, module_rank
 from .detect import family_of, format_name, refuse_legacy, refuse_unknown
@@ -93,11 +94,19 @@ def parse(
     adapters, leftover = build_adapters(modules, _alphas(modules, PeftAlpha(metadata, sidecar_config)))
     if not adapters:
         refuse_unknown(keys)
-    suffixes = set().union(*(mp.suffixes for mp in modules.values()))
-    family = family_of((n for n in adapters if not n.endswith(".bias")), suffixes)
+    widened: dict[str, tuple[int, ...]] = {}
+    if control.is_control(keys):
+        replacements, unknown = control.norm_replacements(state_dict, unknown)
+        adapters.update(replacements)
+        widened = control.widened_shapes(adapters)
+        family = "flux-control"
+    else:
+        suffixes = set().union(*(mp.suffixes for mp in modules.values()))
+        family = family_of((n for n in adapters if not n.endswith(".bias")), suffixes)
     return ParsedLoRA(
         format=format_name(family, adapters),
         modules=adapters,
         metadata=metadata,
         ignored=tuple(sorted(unknown + leftover)),
+        widened=widened,
     )

@@ -90,8 +90,6 @@ def family_of(modules: Iterable[str], suffixes: set[str]) -> str:
         return "diffusers-attn-processor"
     if any(s.startswith("lora.") for s in suffixes):
         return "diffusers-lora-layer"
-    if "lora_B.bias" in suffixes and any(n == "img_in" for n in names):
-        return "flux-control"
     if any(_BFL.search(n) for n in names):
         return "flux-bfl"
     if any(_FLUX_DIFFUSERS.search(n) or _FLUX_DOUBLE.search(n) for n in names):

@@ -2,7 +2,8 @@
 
 ``sd15``, ``sdxl``, ``flux`` (FLUX.1-dev), ``sd35_large`` and ``sd35_medium`` hold the denoiser
 (``diffusion_model.…``) and text encoder (``clip_l.transformer.…``, ``clip_g.transformer.…``, ``t5xxl.transformer.…``)
-weights and biases of every ``Linear`` / ``Conv`` module: what a LoRA can target. ``flux2`` (FLUX.2 dev),
+weights and biases of every ``Linear`` / ``Conv`` module: what a LoRA can target; ``flux`` also its attention q/k
+RMSNorm scales (``….query_norm.scale``), which BFL's control LoRAs replace. ``flux2`` (FLUX.2 dev),
 ``flux2_klein_4b``, ``flux2_klein_9b``, ``chroma``, ``z_image`` and ``qwen_image`` hold the denoiser only (their text
 encoders are LLMs or T5, which LoRAs leave alone). They are data written by ``scripts/make_keytables.py`` from ComfyUI's own model classes built on
 the ``meta`` device; use them to match a LoRA against a model without loading one.

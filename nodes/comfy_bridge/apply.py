@@ -22,7 +22,7 @@ from ...lora_math import blocks, keymap, merge
 from ...lora_math import bypass as bypass_math
 from ...lora_math.formats import ParsedLoRA
 from ...lora_math.schedule import BlockSchedules, Schedule
-from . import compat, injection, merge_injection, model_info, schedule_bypass
+from . import compat, control, injection, merge_injection, model_info, schedule_bypass
 from .weight_patch import LoomWeightPatch
 
 log = logging.getLogger("lora_loom")
@@ -104,8 +104,11 @@ def match_spec(spec: LoraSpec, model, clip=None) -> keymap.KeyMatch:
     return _match(spec, model_info.infos(model, clip))
 
 
-def _apply_to(patcher, patches: Sequence[keymap.Patch], strength: float, block_weight, fast: bool) -> int:
-    """Add one LoRA's patches for this patcher; returns the number of weights it patches."""
+def _apply_to(
+    patcher, patches: Sequence[keymap.Patch], strength: float, block_weight, fast: bool, widened=frozenset()
+) -> int:
+    """Add one LoRA's patches for this patcher; returns the number of weights it patches. ``widened``: keys a FLUX
+    control LoRA widens: ComfyUI's patching, which swaps in the wider tensor, takes every LoRA on them."""
     own_keys = model_info.info(patcher).keys
     merged: dict[str, list[merge.Term]] = {}
     core: dict[float, dict] = {}
@@ -115,10 +118,10 @@ def _apply_to(patcher, patches: Sequence[keymap.Patch], strength: float, block_w
         s = strength * (1.0 if block_weight is None else float(block_weight(p.key)))
         if s == 0:
             continue
-        if fast and merge_injection.fast_eligible(patcher, p.key, p.adapter):
+        if fast and p.key not in widened and merge_injection.fast_eligible(patcher, p.key, p.adapter):
             merged.setdefault(p.key, []).append(merge.Term(p.adapter, s, p.rows))
         else:
-            core.setdefault(s, {})[_patch_key(p)] = LoomWeightPatch.of(p.adapter)
+            core.setdefault(s, {})[_patch_key(p)] = LoomWeightPatch.of(p.adapter, shape=p.shape)
     count = sum(len(patcher.add_patches(group, s)) for s, group in core.items())
     if merged and merge_injection.add_merge_plan(patcher, merged):
         injection.ensure(patcher)
@@ -193,24 +196,30 @@ def apply_stack(model, clip, specs: Sequence[LoraSpec]):
     if not specs:
         return model, clip, []
     infos = model_info.infos(model, clip)
+    matches = [_match(spec, infos) for spec in specs]  # every file matched and checked before anything is cloned
+    widened = control.check(model, specs, matches)
     new_model = model.clone() if model is not None else None
     new_clip = clip.clone() if clip is not None else None
     # Dynamic-VRAM patchers: ComfyUI patches each weight itself as it loads it, and keeps it patched while resident
     # (Loom patch objects through add_patches); measured against a bypass for static LoRAs in BENCHMARKS.md.
     fast_model = new_model is not None and not compat.is_dynamic(new_model)
     reports = []
-    for spec in specs:
-        match = _match(spec, infos)
+    for spec, match in zip(specs, matches, strict=True):
         patched = 0
         static = _static_weight(spec)
+        # As core's load_lora_for_models: every patcher the LoRA was loaded onto carries its header, whatever the
+        # strength (a model at strength 0 next to a patched CLIP carries it too).
+        for patcher in (new_model, new_clip.patcher if new_clip is not None else None):
+            if patcher is not None:
+                compat.set_lora_metadata(patcher, spec.parsed.metadata)
         if new_model is not None and spec.strength_model != 0:
-            compat.set_lora_metadata(new_model, spec.parsed.metadata)
             if static.schedule is not None:
                 patched += _schedule_to(new_model, match.patches, static, fast_model)
             else:
-                patched += _apply_to(new_model, match.patches, spec.strength_model, static.block_weight, fast_model)
+                patched += _apply_to(
+                    new_model, match.patches, spec.strength_model, static.block_weight, fast_model, widened
+                )
         if new_clip is not None and spec.strength_clip != 0:
-            compat.set_lora_metadata(new_clip.patcher, spec.parsed.metadata)
             patched += _apply_to(new_clip.patcher, match.patches, spec.strength_clip, spec.block_weight, False)
         unmatched, skipped = _split_unmatched(match.unmatched, new_model is not None, new_clip is not None)
         scheduled = static.schedule.to_text() if static.schedule is not None and new_model is not None else ""

@@ -9,6 +9,7 @@ import contextlib
 
 import comfy.lora
 import comfy.model_management
+from comfy.weight_adapter.lora import LoRAAdapter
 
 # The attachment upstream's ``load_lora_for_models`` sets on the patchers it returns (the LoRA file's header
 # metadata); some core nodes read it (IC-LoRA-style ``comfy_extras/nodes_lt.py``). 0.3.75 sets none and reads none.
@@ -40,7 +41,30 @@ def training():
 
 
 def set_lora_metadata(patcher, metadata) -> None:
-    """Attach a LoRA file's header metadata the way core's loaders do (the last LoRA applied wins, as when core
-    loaders are chained)."""
+    """Attach a LoRA file's header metadata the way core's loaders do: the whole ``__metadata__`` dict as the file
+    holds it (what ``comfy.utils.load_torch_file(..., return_metadata=True)`` returns), nothing when the file has none
+    (an earlier LoRA's then stays), the last LoRA applied winning, as when core loaders are chained."""
     if metadata:
         patcher.set_attachments(LORA_METADATA, dict(metadata))
+
+
+def patched_shape(patches, key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape weight ``key`` of ``shape`` has once ``patches`` (its ModelPatcher patch list) are applied: a FLUX
+    control LoRA's patch widens ``img_in``. Upstream's patch objects say so themselves (``calculate_shape``, which
+    its dynamic loader asks); 0.3.75 has no such call, and there only core's own control-LoRA patch (a
+    ``LoRAAdapter`` with a ``reshape``), a padding ``diff`` and Loom's widening patch change a shape."""
+    current = tuple(shape)
+    for patch in patches:
+        value, offset = patch[1], patch[3]
+        if offset is not None or isinstance(value, list):
+            continue  # a row slice keeps the shape; a list is a nested diff without shape metadata
+        found = None
+        if hasattr(value, "calculate_shape"):
+            found = value.calculate_shape(key)
+        elif isinstance(value, LoRAAdapter):
+            found = value.weights[5]
+        elif isinstance(value, tuple) and len(value) == 2 and value[0] == "diff" and len(value[1]) > 1:
+            found = value[1][0].shape if value[1][1].get("pad_weight") else None
+        if found is not None:
+            current = tuple(int(d) for d in found)
+    return current

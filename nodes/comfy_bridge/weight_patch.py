@@ -1,5 +1,6 @@
 """A lora_math adapter as a ComfyUI weight patch (``add_patches``), for the paths where ComfyUI applies patches itself:
-CLIP, DoRA, quantised weights, and every weight of upstream's dynamic-VRAM models."""
+CLIP, DoRA, quantised weights, every weight of upstream's dynamic-VRAM models, and a FLUX control LoRA's norm
+replacements and widened ``img_in`` (ComfyUI swaps in the patched tensor, so a weight may change its shape)."""
 
 from __future__ import annotations
 
@@ -31,14 +32,20 @@ class LoomWeightPatch(WeightAdapterBase):
     def __init__(self, loaded_keys, weights) -> None:
         self.loaded_keys = loaded_keys
         self.weights = list(weights)
-        cls, *values = self.weights
+        cls, *values = self._adapter_weights()
         self.adapter: adapters.Adapter = cls(*values)
         self._low_rank = merge.is_low_rank(self.adapter) and merge.is_additive(self.adapter)
 
+    def _adapter_weights(self) -> list:
+        return self.weights
+
     @classmethod
-    def of(cls, adapter: adapters.Adapter, loaded_keys=()) -> LoomWeightPatch:
-        values = [getattr(adapter, f.name) for f in dataclasses.fields(adapter)]
-        return cls(set(loaded_keys), [type(adapter), *values])
+    def of(cls, adapter: adapters.Adapter, loaded_keys=(), shape=None) -> LoomWeightPatch:
+        """The patch of ``adapter``; with ``shape``, one that first widens the weight to it (:class:`LoomWidenPatch`)."""
+        values = [type(adapter), *(getattr(adapter, f.name) for f in dataclasses.fields(adapter))]
+        if shape is not None:
+            return LoomWidenPatch(set(loaded_keys), [tuple(shape), *values])
+        return cls(set(loaded_keys), values)
 
     def calculate_shape(self, key):
         return None  # never resizes the weight
@@ -55,6 +62,10 @@ class LoomWeightPatch(WeightAdapterBase):
         original_weight=None,
     ):
         adapter = self.adapter
+        if isinstance(adapter, adapters.Replace):
+            # As core's "set" patch: the weight becomes the value; neither the strength nor a transform applies.
+            weight.copy_(adapter.replaced(weight.shape, weight.device))
+            return weight
         if self._low_rank and _is_identity(function):
             up = adapter.up.flatten(1).to(device=weight.device, dtype=weight.dtype)
             down = adapter.down.flatten(1).to(device=weight.device, dtype=weight.dtype)
@@ -66,6 +77,33 @@ class LoomWeightPatch(WeightAdapterBase):
         else:  # ComfyUI's per-key transform applies to the update, not the whole weight
             weight += function(merged - weight)
         return weight
+
+
+class LoomWidenPatch(LoomWeightPatch):
+    """A patch whose delta is wider than the weight: the weight is zero-padded to ``shape`` first, then patched (a
+    BFL control LoRA's ``img_in``, as core's ``reshape_weight``). ``weights`` is ``[shape, adapter class, *fields]``.
+
+    ``calculate_shape`` tells upstream's dynamic loader that the weight changes shape: it then loads that module whole
+    (``patch_weight_to_device``) instead of patching it per call, as it does for core's own reshaping patch.
+    Strength as core: ``pad(W) + strength · ΔW``; the new columns hold ``strength · ΔW[:, old:]``.
+    """
+
+    def _adapter_weights(self) -> list:
+        return self.weights[1:]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.weights[0])
+
+    def calculate_shape(self, key):
+        return self.shape
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function, *args, **kwargs):
+        if tuple(weight.shape) != self.shape:  # a second control LoRA finds it widened already
+            padded = torch.zeros(self.shape, dtype=weight.dtype, device=weight.device)
+            padded[tuple(slice(0, d) for d in weight.shape)] = weight
+            weight = padded
+        return super().calculate_weight(weight, key, strength, strength_model, offset, function, *args, **kwargs)
 
 
 _PROBE = object()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lora_math.adapters import Full, LoHa, LoKr, LoRA
+from lora_math.adapters import Full, LoHa, LoKr, LoRA, Replace
 from lora_math.errors import LoraFormatError, LoraShapeError
 from lora_math.formats import ParsedLoRA, parse
 
@@ -371,7 +371,9 @@ def test_bfl_control_lora_bias_diffs():
     bias = p.modules["img_in.bias"]
     assert isinstance(bias, Full) and bias.diff is None and bias.diff_b.shape == (3072,)
     assert "double_blocks.0.img_attn.qkv.bias" in p.modules
-    assert p.ignored == ("single_blocks.0.norm.key_norm.scale",)  # norm replacements are not diffs
+    # the norm scale replaces the model's (tests/unit/test_flux_control.py has the rest)
+    assert isinstance(p.modules["single_blocks.0.norm.key_norm"], Replace) and p.ignored == ()
+    assert p.widened == {"img_in": (3072, 128)}
 
 
 @pytest.mark.parametrize(
