@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .adapters import Adapter, Full
+from .adapters import Adapter, Full, Replace
 
 __all__ = ["FAMILIES", "GROUPS", "from_file", "from_model_keys", "group_of"]
 
@@ -138,6 +138,8 @@ _BY_CLIP_DIM = {768: "sd15", 1024: "sd2", 1280: "sdxl"}
 
 
 def _rows_cols(adapter: Adapter) -> tuple[int, int | None]:
+    if isinstance(adapter, Replace):
+        return int(adapter.value.shape[0]), adapter.fan_in
     if isinstance(adapter, Full):
         d = adapter.diff if adapter.diff is not None else adapter.diff_b
         return int(d.shape[0]), (int(d[0].numel()) if d.ndim > 1 else None)

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import families
-from .adapters import Adapter, Full, LoHa, LoRA
+from . import families, widen
+from .adapters import Adapter, Full, LoHa, LoRA, Replace
 from .errors import LoraShapeError
 from .formats import ParsedLoRA
 from .names import derived_aliases
@@ -91,12 +91,14 @@ class Patch:
     the adapter patches a slice of a fused weight (FLUX ``qkv`` / ``linear1``); its delta then has
     ``stop - start`` rows. ``adapter.delta_weight(shape of the key or slice)`` is always the delta for that key: a
     bias difference is its own Patch on the ``….bias`` key holding ``Full(diff=<Δbias>)``, and a ``Full`` with both
-    ``.diff`` and ``.diff_b`` is split into a weight Patch and a bias Patch.
+    ``.diff`` and ``.diff_b`` is split into a weight Patch and a bias Patch. shape: the weight's shape after the
+    patch when it widens the weight (zero-padded first; BFL control LoRAs' ``img_in``), else None.
     """
 
     key: str
     adapter: Adapter
     rows: tuple[int, int] | None = None
+    shape: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,12 @@ class AliasTable:
             else:
                 for name, alias in derived_aliases(weights).items():
                     self._add(table, name, Target(f"{prefix}{alias.module}.weight", alias.rows, alias.swap_halves))
+        # FLUX's q/k RMSNorm weight is ``scale`` on 0.3.75 and in the key tables (``weight`` upstream, found above):
+        # BFL control LoRAs replace it.
+        for key, shape in self.shapes.items():
+            if key.startswith("diffusion_model.") and key.endswith(".scale") and len(shape) == 1:
+                path = key[len("diffusion_model.") : -len(".scale")]
+                self._add(self.aliases.setdefault("unet", {}), path, Target(key))
 
     @staticmethod
     def _add(table: dict[str, Target], path: str, target: Target) -> None:
@@ -229,6 +237,8 @@ def _delta_rows_cols(adapter: Adapter) -> tuple[int, int | None]:
         if adapter.diff is None:
             return int(adapter.diff_b.shape[0]), None
         return int(adapter.diff.shape[0]), (math.prod(adapter.diff.shape[1:]) if adapter.diff.ndim > 1 else None)
+    if isinstance(adapter, Replace):
+        return adapter.out_features, adapter.fan_in
     return int(adapter.out_features), int(adapter.fan_in)
 
 
@@ -255,8 +265,13 @@ def _swap_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([t[half:], t[:half]], dim=0)
 
 
-def _swap_halves(adapter: Adapter) -> Adapter | None:
-    """The adapter with its output halves swapped (diffusers shift/scale -> BFL scale/shift), or None if unsupported."""
+def _swap_halves(adapter: Adapter, shape: tuple[int, ...]) -> Adapter | None:
+    """The adapter with its output halves swapped (diffusers shift/scale -> BFL scale/shift), or None if unsupported.
+
+    LoRA, LoHa and Full swap their output factor. A Kronecker product (LoKr) or a Tucker LoHa interleaves its
+    factors on the output axis, so that module becomes its dense ΔW with the halves swapped (``shape``: the target
+    weight's): exact, since without DoRA ΔW is linear in the strength; a final-norm layer is small. With DoRA the
+    merge is not linear: None (unmatched, reported)."""
     if isinstance(adapter, LoRA):
         dora = adapter.dora_scale
         if dora is not None and dora.shape[0] == adapter.out_features and adapter.out_features > 1:
@@ -275,6 +290,8 @@ def _swap_halves(adapter: Adapter) -> Adapter | None:
             w2b=adapter.w2b,
             alpha=adapter.alpha,
         )
+    if getattr(adapter, "dora_scale", None) is None:
+        return Full(diff=_swap_rows(adapter.delta_weight(shape)))
     return None
 
 
@@ -286,7 +303,7 @@ def _patches_for(
     Shape misfits are appended to ``problems`` (one message per module) and give no patches.
     """
     if target.swap_halves:
-        swapped = _swap_halves(adapter)
+        swapped = _swap_halves(adapter, shapes[target.key])
         if swapped is None:
             return None
         adapter = swapped
@@ -310,6 +327,16 @@ def _patches_for(
     return [Patch(key, part, target.rows) for key, part, _ in wanted]
 
 
+def _widened_patch(name, adapter, target, shapes, shape, family, problems: list[str]) -> list[Patch]:
+    """The patch of a module that may widen its weight (``widen``); a message in ``problems`` when it cannot."""
+    problem = widen.widen_problem(name, shape, None if target is None else target.key, shapes, family)
+    problem = problem or _fit_problem(name, adapter, "its widened weight", shape, None)
+    if problem:
+        problems.insert(0, problem)  # the first said: it tells a wrong base model best
+        return []
+    return [Patch(target.key, adapter, None, None if tuple(shapes[target.key]) == shape else shape)]
+
+
 def match(parsed: ParsedLoRA, model_keys: Mapping[str, tuple[int, ...]], *, strict: bool = True) -> KeyMatch:
     """Map every module of ``parsed`` onto ``model_keys`` ({ModelPatcher key: shape}).
 
@@ -324,11 +351,15 @@ def match(parsed: ParsedLoRA, model_keys: Mapping[str, tuple[int, ...]], *, stri
     unmatched: list[str] = []
     mismatched: list[str] = []
     problems: list[str] = []
+    family = families.from_model_keys(model_keys) if parsed.widened else ""
     for name, adapter in parsed.modules.items():
         bias_only = isinstance(adapter, Full) and adapter.diff is None and name.endswith(".bias")
         target = table.resolve(name[: -len(".bias")] if bias_only else name)
         n_problems = len(problems)
-        found = None if target is None else _patches_for(name, adapter, target, table.shapes, problems)
+        if name in parsed.widened:
+            found = _widened_patch(name, adapter, target, table.shapes, parsed.widened[name], family, problems)
+        else:
+            found = None if target is None else _patches_for(name, adapter, target, table.shapes, problems)
         if len(problems) > n_problems:
             mismatched.append(name)
             unmatched.append(name)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import comfy.model_management
 import torch
 
-from ..lora_math import keymap
+from ..lora_math import families, keymap
 from ..lora_math.adapters import Full
 from ..lora_math.interference import block_of
 from ..lora_math.lowrank import Compressed, Delta, adapter_delta
@@ -44,20 +44,22 @@ def specs_of(model, clip, lora_stack, input_name: str = "lora_stack") -> list[co
 
 
 def check_one_base(specs: Sequence[comfy_bridge.LoraSpec], input_name: str = "lora_stack") -> None:
-    """LoRAs made for different base models cannot be combined: name the first pair that disagree."""
+    """LoRAs made for different base models cannot be combined: name the first pair that disagree. Families whose
+    LoRAs fit each other's weights (Chroma and FLUX.1, the SD3.5 sizes' shared names) count as one
+    (``families.group_of``); their shapes are checked against the model anyway."""
     seen: dict[str, comfy_bridge.LoraSpec] = {}
     for spec in specs:
         guess = keymap.guess_base_model(spec.parsed)
         if guess == "unknown":
             continue
         other = next(iter(seen.values()), None)
-        if seen and guess not in seen:
+        if seen and families.group_of(guess) not in seen:
             first = keymap.guess_base_model(other.parsed)
             raise ValueError(
                 f"{input_name}: '{spec.name}' is a {guess} LoRA but '{other.name}' is a {first} LoRA; LoRAs for "
                 "different base models cannot be combined: remove one of them from the stack"
             )
-        seen.setdefault(guess, spec)
+        seen.setdefault(families.group_of(guess), spec)
 
 
 def _peak(schedule, key: str) -> float:
@@ -110,6 +112,9 @@ def stack_updates(model, clip, specs: Sequence[comfy_bridge.LoraSpec], on: torch
             if spec.block_weight is not None:
                 strength *= float(spec.block_weight(p.key))
             if strength == 0:
+                continue
+            if p.shape is not None:  # the update of a widened weight is no delta of the model's weight
+                left_out["widened weights (a FLUX control LoRA's img_in)"] += 1
                 continue
             if not p.key.endswith(".weight") or len(shape) < 2:
                 if not isinstance(p.adapter, Full):

@@ -26,8 +26,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
         in_dim=64, out_dim=128, hidden_dim=256, n_layers=2, vec_in_dim=None,
     )),
     "z_image": ("ZImage", dict(
-        image_model="lumina2", patch_size=2, in_channels=16, dim=1152, cap_feat_dim=64, n_layers=2, qk_norm=True,
-        n_heads=9, n_kv_heads=9, axes_dims=[32, 48, 48], axes_lens=[64, 64, 64], rope_theta=256.0,
+        image_model="lumina2", patch_size=2, in_channels=16, dim=384, cap_feat_dim=64, n_layers=2, qk_norm=True,
+        n_heads=3, n_kv_heads=3, axes_dims=[32, 48, 48], axes_lens=[64, 64, 64], rope_theta=256.0,
         ffn_dim_multiplier=8.0 / 3.0, z_image_modulation=True, time_scale=1000.0, n_refiner_layers=1,
     )),
     "qwen_image": ("QwenImage", dict(
@@ -70,13 +70,20 @@ def _params_class(name: str):
     return None
 
 
-def tiny(name: str, seed: int = 0, dtype=torch.float32):
-    """A ModelPatcher of the small stand-in ``name`` (see :data:`CONFIGS`), weights seeded from ``seed``."""
+# Z-Image at the width where diffusers' ``ZImageTransformer2DModel`` has the same layer sizes as ComfyUI's class
+# (its timestep MLP is 1024 wide and its FFN int(8·dim/3), ComfyUI's min(dim, 1024) and a multiple of 256): the
+# library-oracle test copies weights between the two. Everywhere else the narrower 384 keeps the tests fast.
+DIFFUSERS_SIZED = {"z_image": dict(dim=1152, n_heads=9, n_kv_heads=9)}
+
+
+def tiny(name: str, seed: int = 0, dtype=torch.float32, **overrides):
+    """A ModelPatcher of the small stand-in ``name`` (see :data:`CONFIGS`, changed by ``overrides``), weights seeded
+    from ``seed``."""
     import comfy.model_patcher
     import comfy.supported_models
 
     cls_name, config = CONFIGS[name]
-    config = _fit(config, _params_class(name))
+    config = _fit({**config, **overrides}, _params_class(name))
     model_config = getattr(comfy.supported_models, cls_name)(config)
     model_config.set_inference_dtype(dtype, None)
     base = model_config.get_model({})
@@ -89,5 +96,35 @@ def tiny(name: str, seed: int = 0, dtype=torch.float32):
                 p.copy_(0.02 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / max(p[0].numel(), 1) ** 0.5)
+        for bname, b in base.diffusion_model.named_buffers():
+            if bname == "pos_embed":  # SD3 makes it with torch.empty and expects the checkpoint's values
+                b.copy_(0.02 * torch.randn(b.shape, generator=g))
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
+
+
+# What sampling feeds each stand-in: latent shape (channels of its latent format; Qwen-Image's are video-shaped,
+# [B, C, T, H, W]), the text-feature width its CONFIGS give, and the conditioning extras its ``extra_conds`` reads
+# (FLUX-family models encode a pooled vector even when unused; FLUX.2 dev and SD3.5 use theirs).
+SAMPLING: dict[str, tuple[tuple[int, ...], int, dict]] = {
+    "flux2": ((1, 128, 4, 4), 64, {"guidance": 3.5, "pooled_output": (1, 768)}),
+    "flux2_klein": ((1, 128, 4, 4), 64, {"pooled_output": (1, 768)}),
+    "chroma": ((1, 16, 8, 8), 64, {"pooled_output": (1, 768)}),
+    "z_image": ((1, 16, 8, 8), 64, {}),
+    "qwen_image": ((1, 16, 1, 8, 8), 64, {}),
+    "sd35_medium": ((1, 16, 8, 8), 64, {"pooled_output": (1, 64)}),
+    "sd35_large": ((1, 16, 8, 8), 64, {"pooled_output": (1, 64)}),
+}
+
+
+def sampling_inputs(name: str, seed: int = 1):
+    """(empty latent, positive, negative) conditioning for ``comfy.sample.sample`` on ``tiny(name)``: seeded text
+    features of 7 tokens, the family's extras (tensor shapes in :data:`SAMPLING` become seeded tensors)."""
+    shape, width, extras = SAMPLING[name]
+    g = torch.Generator().manual_seed(seed)
+
+    def cond():
+        extra = {k: torch.randn(v, generator=g) if isinstance(v, tuple) else v for k, v in extras.items()}
+        return [[torch.randn(1, 7, width, generator=g), extra]]
+
+    return torch.zeros(shape), cond(), cond()

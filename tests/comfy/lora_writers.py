@@ -13,7 +13,7 @@ of the code under test.
 
 Magnitudes: every module's ΔW (alpha/rank applied, strength 1) has an RMS of ``RHO`` times the RMS of the weight (or
 row slice) it patches (``RHO`` = 0.1: a realistic change, far above fp16/bf16 rounding, see
-``test_formats_vs_core.tolerance``); factors are drawn, the delta measured, and one factor rescaled before the cast.
+``patched_weights.tolerance``); factors are drawn, the delta measured, and one factor rescaled before the cast.
 """
 
 from __future__ import annotations
@@ -321,10 +321,15 @@ class _Writer:
         rank: int = 4,
         alpha: float | None = None,
         tucker: bool = False,
+        rows: tuple[int, int] | None = None,
+        transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         """LoKr with each half full (``lokr_wN``) or factorised (``lokr_wN_a @ lokr_wN_b``, second half optionally
-        Tucker ``lokr_t2``). Rank for alpha: ``w2_b`` rows, else ``w1_b`` rows; both halves full: scale 1."""
+        Tucker ``lokr_t2``). Rank for alpha: ``w2_b`` rows, else ``w1_b`` rows; both halves full: scale 1.
+        rows / transform: as for :meth:`lora` (a slice of a fused weight; the file's row order onto the model's)."""
         w = self.keys.weight(key)
+        if rows is not None:
+            w = w[rows[0] : rows[1]]
         g = self.gen(module)
         (a, c), (b, d) = _split(w.shape[0]), _split(w.shape[1])
         kernel = tuple(w.shape[2:])
@@ -371,9 +376,12 @@ class _Writer:
         if alpha is not None:
             stored_alpha = self.alpha(module, alpha)
             scale = stored_alpha / dim if dim is not None else 1.0
-        self.expect(
-            key, component, lambda p=stored, s=scale, shape=w.shape: (lokr_delta(*halves(p)) * s).reshape(shape)
-        )
+
+        def delta(p=stored, s=scale, shape=w.shape):
+            out = (lokr_delta(*halves(p)) * s).reshape(shape)
+            return transform(out) if transform is not None else out
+
+        self.expect(key, component, delta, rows)
         self.modules += 1
 
     def full(self, module: str, key: str, component: str, *, bias: bool) -> None:

@@ -63,7 +63,7 @@ DIFFUSERS = {
 
 
 def comfy_model(family: str):
-    return tiny_flux(0) if family == "flux" else families.tiny(family)
+    return tiny_flux(0) if family == "flux" else families.tiny(family, **families.DIFFUSERS_SIZED.get(family, {}))
 
 
 def diffusers_model(family: str, seed: int = 0):

@@ -51,10 +51,11 @@ def loom(pack, model, *specs):
     return pack.nodes.comfy_bridge.apply_stack(model, None, list(specs))[0]
 
 
-def reference(pack, model, static=(), scheduled=()):
+def reference(pack, model, static=(), scheduled=(), run_sampler=None):
     """Sampling kwargs -> output, re-merging every scheduled LoRA at every model call; static ones merged once.
 
-    static: [(name, strength)]; scheduled: [(name, Schedule, strength)].
+    static: [(name, strength)]; scheduled: [(name, Schedule, strength)]; run_sampler: ``(model, **kw) -> latent``
+    (default :func:`sample` on the SD1.5 latent).
     """
     from lora_loom.lora_math import adapters, keymap
 
@@ -73,7 +74,11 @@ def reference(pack, model, static=(), scheduled=()):
             [(n, s) for n, s in static] + [(n, s) for n, _, s in scheduled], strengths, strict=True
         ):
             for p in patches(name):
-                merged[p.key] = adapters.merged_weight(merged[p.key], p.adapter, s * value)
+                if p.rows is None:
+                    merged[p.key] = adapters.merged_weight(merged[p.key], p.adapter, s * value)
+                else:  # a slice of a fused weight (FLUX-family qkv, Z-Image's attention.qkv …)
+                    rows = slice(*p.rows)
+                    merged[p.key][rows] = adapters.merged_weight(merged[p.key][rows], p.adapter, s * value)
         for k, w in merged.items():
             comfy.utils.get_attr(model.model, k).data.copy_(w)
 
@@ -90,7 +95,7 @@ def reference(pack, model, static=(), scheduled=()):
 
     def run(**kw):
         try:
-            return sample(ref, **kw)
+            return (run_sampler or sample)(ref, **kw)
         finally:
             for k, w in originals.items():
                 comfy.utils.get_attr(model.model, k).data.copy_(w)

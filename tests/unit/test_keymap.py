@@ -61,7 +61,8 @@ def test_keytables_hold_comfy_patcher_keys(arch):
                 "flux": {"diffusion_model", "clip_l", "t5xxl"}, "sd35_large": {"diffusion_model", "clip_l", "clip_g", "t5xxl"},
                 "sd35_medium": {"diffusion_model", "clip_l", "clip_g", "t5xxl"}}.get(arch, {"diffusion_model"})  # fmt: skip
     assert heads == expected
-    assert all(k.endswith((".weight", ".bias")) for k in table)
+    # FLUX.1's q/k norm scales too: BFL control LoRAs replace them
+    assert all(k.endswith((".weight", ".bias")) or (arch == "flux" and k.endswith("_norm.scale")) for k in table)
     assert all(isinstance(s, tuple) and all(isinstance(d, int) for d in s) for s in table.values())
 
 
@@ -336,6 +337,17 @@ def test_norm_out_swaps_shift_and_scale_halves():
     assert p.key == "diffusion_model.final_layer.adaLN_modulation.1.weight" and p.rows is None
     want = adapter.delta_weight((8, 4))
     assert torch.equal(p.adapter.delta_weight((8, 4)), torch.cat([want[4:], want[:4]]))
+
+
+@pytest.mark.parametrize("w1_rows", [2, 1])  # kron rows interleave (2: halves of w1 too; 1: w2 alone)
+def test_norm_out_lokr_swaps_halves_of_its_dense_delta(w1_rows):
+    """A Kronecker product's output halves are not one factor's halves in general: SimpleTuner's LyCORIS LoKr on
+    ``norm_out.linear`` becomes its dense ΔW with the halves swapped (exact without DoRA)."""
+    adapter = LoKr(w1=torch.randn(w1_rows, 2, generator=GEN), w2=torch.randn(8 // w1_rows, 2, generator=GEN))
+    km = match(parsed({"lycoris_norm_out_linear": adapter}), tiny_flux_keys())
+    (p,) = km.patches
+    want = adapter.delta_weight((8, 4))
+    assert isinstance(p.adapter, Full) and torch.equal(p.adapter.delta_weight((8, 4)), torch.cat([want[4:], want[:4]]))
 
 
 def test_full_diff_and_bias_become_one_patch_per_key():
