@@ -235,7 +235,12 @@ class LoomTrainLora(io.ComfyNode):
             "num_class_images": len(class_images),
             "resolution": settings.resolution,
         }
-        lora.base = {"sha256": base_model_sha256(model), "model_keys": list(model.model.state_dict()), "arch": arch}
+        lora.base = {
+            "sha256": base_model_sha256(model),
+            "model_keys": list(model.model.state_dict()),
+            "arch": arch,
+            "prediction": prediction,  # modelspec.prediction_type for ε/v models (flow models have none)
+        }
         new_model, report = apply_trained(model, lora)
         done = lora.step - (resume.step if resume is not None else 0)
         layers = len(training.target_modules(model.model, arch, settings.target))
@@ -307,7 +312,7 @@ class _Progress:
         latent = torch.zeros_like(self.item.latent)
         cross, extra = training.encode_text(self.clip, self.caption)
         empty, empty_extra = training.encode_text(self.clip, "")
-        cfg = 1.0 if "guidance" in self.item.conds else 4.0  # distilled-guidance models sample without CFG
+        cfg = 1.0 if training.distilled_guidance(self.model.model) else 4.0  # distilled guidance: no CFG
         noise = comfy.sample.prepare_noise(latent, self.settings.seed)
         out = comfy.sample.sample(
             self.model,

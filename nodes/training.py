@@ -41,7 +41,10 @@ log = logging.getLogger("lora_loom")
 
 TARGETS = ("attention", "attention_mlp")
 # Which layers each target preset trains, by the layer names of ComfyUI's model classes (one pattern per family
-# group: FLUX.1, FLUX.2 and Chroma share BFL names, SD3 and SD3.5 the MMDiT ones).
+# group: FLUX.1, FLUX.2 and Chroma share BFL names, SD3 and SD3.5 the MMDiT ones). FLUX single blocks fuse q, k, v
+# and the MLP input into ``linear1``, so "attention" trains all of it (as sd-scripts and musubi-tuner do). FLUX.2's
+# modulation is shared outside the blocks and Z-Image's refiners run before the main layers: neither is trained,
+# as musubi-tuner's and OneTrainer's default Z-Image and FLUX.2 targets leave them out.
 _PATTERNS = {
     "unet": {
         "attention": r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$",
@@ -77,6 +80,18 @@ _PREDICTION = {
     comfy.model_base.ModelType.FLOW: "flow",  # SD3, Z-Image
     comfy.model_base.ModelType.FLUX: "flow",  # FLUX.1/.2, Chroma, Qwen-Image: flow matching with their shift
 }
+
+
+# The input layer that reads the text encoder's embeddings, per family group: its width must match the CLIP's.
+_TEXT_INPUT = {"flux": "txt_in", "sd3": "context_embedder", "z_image": "cap_embedder.1", "qwen_image": "txt_in"}
+# Distilled-guidance models (FLUX.1/FLUX.2 dev) are trained at guidance 1, as ai-toolkit trains FLUX.1 dev, and
+# sampled without CFG; every other model gets the guidance its ``extra_conds`` gives a plain prompt (Chroma: 0).
+TRAIN_GUIDANCE = 1.0
+
+
+def distilled_guidance(base_model) -> bool:
+    """True for a model with a guidance embedding (FLUX.1 dev, FLUX.2 dev; not schnell, klein or Chroma)."""
+    return bool(getattr(getattr(base_model.diffusion_model, "params", None), "guidance_embed", False))
 
 
 def family(base_model) -> tuple[str, str]:
@@ -174,6 +189,7 @@ def prepare(
         return []
     base = model.model
     latent_channels = base.latent_format.latent_channels
+    text_width = _text_width(base, arch)
     sizes = [(int(i.shape[0]), int(i.shape[1])) for i in images]
     buckets = {idx: b for b, ids in buckets_mod.assign_buckets(sizes, resolution).items() for idx in ids}
     items = []
@@ -193,6 +209,7 @@ def prepare(
                 f"{latent_channels} channels; connect the VAE that belongs to the model"
             )
         latent = base.process_latent_in(latent)
+        _check_text_width(text_width, clip, caption, arch)
         extra = {
             "width": sizes[index][1],
             "height": sizes[index][0],
@@ -205,9 +222,36 @@ def prepare(
     return items
 
 
+def _text_width(base, arch: str) -> int | None:
+    """The embedding width the model's text input layer reads (None where no single layer does)."""
+    group = _PATTERN_GROUP.get(arch)
+    if group == "unet":
+        widths = {m.in_features for n, m in base.diffusion_model.named_modules() if n.endswith("attn2.to_k")}
+        return widths.pop() if len(widths) == 1 else None
+    name = _TEXT_INPUT.get(group)
+    try:
+        layer = base.diffusion_model.get_submodule(name) if name else None
+    except AttributeError:
+        return None
+    return getattr(layer, "in_features", None)
+
+
+def _check_text_width(width: int | None, clip, caption: str, arch: str) -> None:
+    got = int(encode_text(clip, caption)[0].shape[-1])
+    if width is not None and got != width:
+        raise ValueError(
+            f"clip: its text embeddings are {got} wide, but this {arch} model reads {width}-wide ones; connect the "
+            "text encoder that belongs to the model"
+        )
+
+
 def _conds_for(base, clip, caption: str, latent: torch.Tensor, extra: dict) -> dict:
+    """The model conditioning of one caption, made by the model's own ``extra_conds`` from what CLIPTextEncode
+    gives (cross_attn and its extras: pooled output, attention mask), as the sampler makes it."""
     cross, text_extra = encode_text(clip, caption)
-    params = {**text_extra, **extra, "cross_attn": cross, "guidance": 1.0}
+    params = {**text_extra, **extra, "cross_attn": cross}
+    if distilled_guidance(base):
+        params["guidance"] = TRAIN_GUIDANCE
     params.update(device="cpu", noise=latent, prompt_type="positive")
     return base.extra_conds(**params)
 
@@ -219,6 +263,21 @@ def caption_variants(items: Sequence[Item], base, clip, empty: bool) -> None:
         return
     for item in items:
         item.conds_empty = _conds_for(base, clip, "", item.latent, {})
+
+
+def concat_groups(conds: Sequence[dict]) -> list[list[int]]:
+    """Indices of ``conds`` in groups that run as one batch: the sampler batches conds only where every entry
+    can concatenate (Z-Image's unpadded captions of different token counts cannot)."""
+    groups: list[list[int]] = []
+    for i, cond in enumerate(conds):
+        for group in groups:
+            first = conds[group[0]]
+            if first.keys() == cond.keys() and all(first[k].can_concat(cond[k]) for k in cond):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
 
 
 def batch_conds(conds: Sequence[dict], device) -> dict:
@@ -295,17 +354,21 @@ def _forward_loss(run: Run, batch: list[Item], device, dtype, gen: torch.Generat
     for item in batch:
         empty = getattr(item, "conds_empty", None)
         conds.append(empty if empty is not None and rng.random() < s.caption_dropout else item.conds)
-    extra = batch_conds(conds, device)
     noise = torch.randn(x0.shape, generator=gen).to(device)
     if s.noise_offset:
         noise = noise + s.noise_offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=gen).to(device)
     progress = sample_progress(len(batch), run.prediction, gen)
-    sampling = base.model_sampling
+    sampling = base.model_sampling  # the model's own schedule and shift (FLUX.2 2.02, Z-Image 3, SD3 3 …)
     sigma = torch.tensor([float(sampling.percent_to_sigma(1.0 - float(t))) for t in progress], device=device)
     sigma = sigma.clamp(min=float(sampling.sigma_min), max=float(sampling.sigma_max))
     x = sampling.noise_scaling(sigma.view(-1, *[1] * (x0.ndim - 1)), noise, x0)
-    denoised = base.apply_model(x, sigma, **extra)
-    return denoising_loss(denoised, x0, sigma, run.prediction, s.min_snr_gamma or None)
+    loss = 0.0
+    for group in concat_groups(conds):
+        extra = batch_conds([conds[i] for i in group], device)
+        denoised = base.apply_model(x[group], sigma[group], **extra)
+        part = denoising_loss(denoised, x0[group], sigma[group], run.prediction, s.min_snr_gamma or None)
+        loss = loss + part * (len(group) / len(batch))  # the batch mean, whatever the grouping
+    return loss
 
 
 def train(run: Run) -> TrainedLoRA:

@@ -12,6 +12,15 @@ Names (what kohya's sd-scripts writes, checked against real files in the tests):
   (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``, ``lora_unet_double_blocks_0_img_attn_qkv``,
   ``lora_unet_single_blocks_0_linear1``, ``lora_unet_joint_blocks_0_x_block_attn_qkv``): sd-scripts trains those
   families on the original (SGM/BFL/MMDiT) module tree.
+- FLUX.2 (dev, klein) and Z-Image: the same, on ComfyUI's module tree (``lora_unet_double_blocks_0_img_attn_qkv``,
+  ``lora_unet_single_blocks_0_linear1``, ``lora_unet_layers_0_attention_qkv``, ``lora_unet_layers_0_feed_forward_w1``),
+  the one style written. ComfyUI core maps ``lora_unet_<path>`` onto every model's weights (0.3.75 and upstream), and
+  diffusers (0.42) converts it in ``Flux2Pipeline`` / ``ZImagePipeline.lora_state_dict`` (its kohya FLUX.2 converter;
+  its Z-Image converter splits the fused ``qkv`` into ``to_q/to_k/to_v``). For FLUX.2 it is also what musubi-tuner
+  (kohya's trainer for these families) writes: BFL names. musubi-tuner's Z-Image files name the unfused
+  ``attention.to_q/to_k/to_v/to_out.0``, which ComfyUI core does not map under ``lora_unet_``; ComfyUI's fused
+  ``qkv`` is what both main loaders read. A diffusers/PEFT-named file (``transformer.…lora_A``) would have to split
+  the fused layers into three modules each, for no loader that lacks the kohya style.
 - CLIP text encoders (ComfyUI CLIP patcher keys ``clip_l.transformer.text_model.encoder.layers.N.…``):
   ``lora_te_`` + the path for SD1.x (clip_l) / SD2 (clip_h), ``lora_te1_`` / ``lora_te2_`` for SDXL's and SD3's
   clip_l / clip_g and FLUX's clip_l; only the encoder layers' attention and MLP projections. T5 has no kohya name.
@@ -94,10 +103,11 @@ ARCHES: dict[str, _Arch] = {
     "sdxl": _Arch("sdxl_base_v1-0", "stable-diffusion-xl-v1-base", _IMPL_STABILITY, 1024),
     "flux": _Arch("flux1", "flux-1-dev", _IMPL_FLUX, 1024),
     "chroma": _Arch("chroma", "chroma", "https://huggingface.co/lodestones/Chroma", 1024),
-    "flux2": _Arch("flux2", "flux-2-dev", _IMPL_FLUX2, 1024),
-    "flux2_klein_4b": _Arch("flux2_klein_4b", "flux-2-klein-4b", _IMPL_FLUX2, 1024),
-    "flux2_klein_9b": _Arch("flux2_klein_9b", "flux-2-klein-9b", _IMPL_FLUX2, 1024),
-    "z_image": _Arch("z_image", "z-image", "https://github.com/Tongyi-MAI/Z-Image", 1024),
+    # FLUX.2 and Z-Image: the architecture ids musubi-tuner writes (no SAI spec names them)
+    "flux2": _Arch("flux2", "Flux.2-dev", _IMPL_FLUX2, 1024),
+    "flux2_klein_4b": _Arch("flux2_klein_4b", "Flux.2-klein-4b", _IMPL_FLUX2, 1024),
+    "flux2_klein_9b": _Arch("flux2_klein_9b", "Flux.2-klein-9b", _IMPL_FLUX2, 1024),
+    "z_image": _Arch("z_image", "Z-Image", "https://github.com/Tongyi-MAI/Z-Image", 1024),
     "qwen_image": _Arch("qwen_image", "qwen-image", "https://github.com/QwenLM/Qwen-Image", 1328),
     "sd3": _Arch("sd3", "stable-diffusion-3", _IMPL_STABILITY, 1024),
     "sd35_large": _Arch("sd3.5_large", "stable-diffusion-v3.5-large", _IMPL_STABILITY, 1024),

@@ -17,7 +17,14 @@ import torch
 from . import compat
 from .module_hooks import ModuleHooks
 
-_BLOCK_NAMES = {"BasicTransformerBlock", "DoubleStreamBlock", "SingleStreamBlock", "JointBlock"}
+# Transformer blocks that gradient checkpointing wraps: SD UNets, FLUX.1/.2 and Chroma, SD3, Z-Image (Lumina NextDiT)
+_BLOCK_NAMES = {
+    "BasicTransformerBlock",
+    "DoubleStreamBlock",
+    "SingleStreamBlock",
+    "JointBlock",
+    "JointTransformerBlock",
+}
 # Blocks that add to their input tensors in place (ComfyUI's FLUX blocks: ``img += …``, ``txt += …``, ``x += …``),
 # and the norms that read those tensors first: autograd saves a LayerNorm's input for backward, so the in-place add
 # would corrupt it ("modified by an inplace operation"). Each of these norms gets a copy of its input instead.
