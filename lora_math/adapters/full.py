@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,13 +9,13 @@ import torch
 from torch import Tensor
 
 from ..errors import LoraShapeError
-from .shapes import fit_delta, fmt_shape, fp32, require_tensor, summarise
+from .shapes import DenseShape, fit_delta, fmt_shape, fp32, require_tensor, summarise
 
 __all__ = ["Full"]
 
 
 @dataclass(frozen=True, eq=False)
-class Full:
+class Full(DenseShape):
     """diff: ΔW ``[out, in, *k]`` (or any weight's shape, e.g. a norm's ``[C]``); diff_b: Δbias ``[out]``.
 
     At least one is set. A Full with only ``diff_b`` is a bias patch (see :meth:`delta_weight`).
@@ -39,30 +38,12 @@ class Full:
                 )
 
     @property
-    def rank(self) -> None:
-        return None
-
-    @property
-    def scale(self) -> float:
-        """Always 1.0: a full diff carries no alpha."""
-        return 1.0
+    def dense(self) -> Tensor | None:
+        return self.diff
 
     @property
     def out_features(self) -> int:
         return int(self.diff.shape[0] if self.diff is not None else self.diff_b.shape[0])
-
-    @property
-    def in_features(self) -> int | None:
-        """None for a bias-only or 1-D (norm) diff."""
-        return int(self.diff.shape[1]) if self.diff is not None and self.diff.ndim > 1 else None
-
-    @property
-    def kernel_size(self) -> tuple[int, ...] | None:
-        return tuple(self.diff.shape[2:]) if self.diff is not None and self.diff.ndim > 2 else None
-
-    @property
-    def fan_in(self) -> int | None:
-        return math.prod(self.diff.shape[1:]) if self.diff is not None and self.diff.ndim > 1 else None
 
     def delta_weight(self, shape: Sequence[int], device: torch.device | str | None = None) -> Tensor:
         """fp32 ``diff`` fitted to ``shape`` (strength NOT applied).

@@ -7,7 +7,6 @@ strength the weight *is* the stored tensor. Loom does the same; a LoRA at streng
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,13 +14,13 @@ import torch
 from torch import Tensor
 
 from ..errors import LoraShapeError
-from .shapes import fit_delta, fp32, require_tensor, summarise
+from .shapes import DenseShape, fit_delta, fp32, require_tensor, summarise
 
 __all__ = ["Replace"]
 
 
 @dataclass(frozen=True, eq=False)
-class Replace:
+class Replace(DenseShape):
     """value: the weight's new value, any weight's shape (a norm's ``[C]``), as stored in the file."""
 
     value: Tensor
@@ -30,29 +29,8 @@ class Replace:
         require_tensor("Replace", "value", self.value, (1, 2, 3, 4, 5))
 
     @property
-    def rank(self) -> None:
-        return None
-
-    @property
-    def scale(self) -> float:
-        return 1.0
-
-    @property
-    def out_features(self) -> int:
-        return int(self.value.shape[0])
-
-    @property
-    def in_features(self) -> int | None:
-        return int(self.value.shape[1]) if self.value.ndim > 1 else None
-
-    @property
-    def kernel_size(self) -> tuple[int, ...] | None:
-        return tuple(self.value.shape[2:]) if self.value.ndim > 2 else None
-
-    @property
-    def fan_in(self) -> int | None:
-        """None for a 1-D (norm) value, as :class:`Full`."""
-        return math.prod(self.value.shape[1:]) if self.value.ndim > 1 else None
+    def dense(self) -> Tensor:
+        return self.value
 
     def replaced(self, shape: Sequence[int], device: torch.device | str | None = None) -> Tensor:
         """fp32 ``value`` fitted to the weight ``shape`` it replaces."""

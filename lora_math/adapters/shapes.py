@@ -16,6 +16,7 @@ from torch import Tensor
 from ..errors import LoraFormatError, LoraShapeError
 
 __all__ = [
+    "DenseShape",
     "coerce_alpha",
     "fit_delta",
     "fp32",
@@ -100,3 +101,41 @@ def summarise(obj: object, fields: Sequence[str]) -> str:
         else:
             parts.append(f"{name}={value!r}")
     return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+class DenseShape:
+    """The shape facts of an adapter whose change is one dense tensor, ``dense`` (None: a bias-only change), as the
+    adapter protocol asks them: no rank, scale 1, and the sizes read off the tensor (None for a 1-D norm's)."""
+
+    @property
+    def dense(self) -> Tensor | None:
+        raise NotImplementedError
+
+    @property
+    def rank(self) -> None:
+        return None
+
+    @property
+    def scale(self) -> float:
+        """Always 1.0: a dense change carries no alpha."""
+        return 1.0
+
+    @property
+    def out_features(self) -> int:
+        return int(self.dense.shape[0])
+
+    @property
+    def in_features(self) -> int | None:
+        """None for a 1-D (norm) tensor."""
+        d = self.dense
+        return int(d.shape[1]) if d is not None and d.ndim > 1 else None
+
+    @property
+    def kernel_size(self) -> tuple[int, ...] | None:
+        d = self.dense
+        return tuple(d.shape[2:]) if d is not None and d.ndim > 2 else None
+
+    @property
+    def fan_in(self) -> int | None:
+        d = self.dense
+        return math.prod(d.shape[1:]) if d is not None and d.ndim > 1 else None
