@@ -42,7 +42,7 @@ def main() -> None:
     from lora_loom.lora_math.schedule import parse_schedule
 
     t_start = time.perf_counter()
-    b, lora_files = bridge(pack), pack.nodes.lora_files
+    b, lora_files = bridge(pack), pack.nodes.files.lora_files
     model = comfy.sd.load_diffusion_model(folder_paths.get_full_path("diffusion_models", "loom-tiny-sdxl.safetensors"))
     names = write_loras(model, 3, 8)
     parsed = [lora_files.load(n) for n in names]

@@ -34,7 +34,7 @@ def main() -> None:
         rank, what = args.rank or 8, "small SDXL-class stand-in (Segmind-Vega depths)"
     names = write_loras(model, 3, rank)
     state_dicts = {n: comfy.utils.load_torch_file(folder_paths.get_full_path("loras", n)) for n in names}
-    patching, lora_files = bridge(pack), pack.nodes.lora_files
+    patching, lora_files = bridge(pack), pack.nodes.files.lora_files
     parsed = {n: lora_files.load(n) for n in names}
     targets = sum(1 for k in model.model.state_dict() if k.endswith(ATTN))
 

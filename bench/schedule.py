@@ -142,7 +142,7 @@ def main() -> None:
     import torch
     from comfy_env import PACK_MODULE, comfyui_dir, comfyui_version
 
-    patching, lora_files = bridge(pack), pack.nodes.lora_files
+    patching, lora_files = bridge(pack), pack.nodes.files.lora_files
     schedule_mod = importlib.import_module(f"{PACK_MODULE}.lora_math.schedule")
     has_schedule = "schedule" in {f.name for f in dataclasses.fields(patching.LoraSpec)}
     wanted = {c.strip() for c in args.cases.split(",") if c.strip()}

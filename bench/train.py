@@ -9,7 +9,7 @@ weight), Loom only the attention projections (its default target preset); the JS
 
 Core: `TrainLoraNode.execute(...)` called in-process as ComfyUI runs it (lists for its is_input_list inputs, a list
 of single-image latents: one batched LATENT trips its `multi_res` bug). Loom: the engine API without VAE or CLIP,
-`nodes.training.Item` objects built from the latents and the model's own `extra_conds`, then `train(Run(...))`.
+`nodes.train.engine.Item` objects built from the latents and the model's own `extra_conds`, then `train(Run(...))`.
 
 Timing: a global AdamW step hook timestamps every optimizer step, so each step's time is the interval between two
 optimizer steps (forward, backward, optimizer, the trainer's own per-step bookkeeping); the first `--warmup` steps
@@ -402,7 +402,7 @@ def main() -> None:
     import torch
     from comfy_env import PACK_MODULE, comfyui_dir, comfyui_version
 
-    training = importlib.import_module(f"{PACK_MODULE}.nodes.training")
+    training = importlib.import_module(f"{PACK_MODULE}.nodes.train.engine")
     comfy.utils.PROGRESS_BAR_ENABLED = False  # no tqdm lines from core's loop
     gpu = args.gpu
     timed = args.steps or (10 if gpu else 20)
@@ -421,7 +421,7 @@ def main() -> None:
         if not args.flux:
             raise
         arch, prediction = "flux", "flow"  # FLUX is flow matching (ComfyUI's ModelType.FLUX)
-        warnings.append(f"nodes.training.family() refused this FLUX model ({e}); the bench passed flux/flow itself")
+        warnings.append(f"nodes.train.engine.family() refused this FLUX model ({e}); the bench passed flux/flow itself")
     latents, conds = dataset(args, model, size)
     clock = StepClock(gpu)
     result: dict = {

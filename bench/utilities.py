@@ -28,8 +28,8 @@ def main() -> None:
     import torch
     from comfy_extras.nodes_lora_extract import extract_lora
 
-    lowrank = pack.lora_math.lowrank
-    utilities, stack, patching = pack.nodes.lora_utilities, pack.nodes.stack, bridge(pack)
+    lowrank = pack.lora_math.lowrank.delta
+    utilities, stack, patching = pack.nodes.tools.utilities, pack.nodes.load.stack, bridge(pack)
     if args.gpu:
         base, what = full_size_sdxl_on_gpu(), "SDXL UNet full size, random fp16 weights"
         rank, extract_rank = args.rank or 32, 32
@@ -48,8 +48,8 @@ def main() -> None:
 
     lora, report = loom_merge().result  # warm: files parsed, key matches cached (as after a first run)
     merge_s = timed(loom_merge, args.repeat)
-    specs = pack.nodes.lora_tools.specs_of(base, None, entries)
-    updates = pack.nodes.lora_tools.stack_updates(base, None, specs, device)
+    specs = pack.nodes.tools.stack_updates.specs_of(base, None, entries)
+    updates = pack.nodes.tools.stack_updates.stack_updates(base, None, specs, device)
 
     def dense_merge() -> float:
         """Overall relative error ‖ΔW − ΔW_k‖/‖ΔW‖ over all weights, as Loom reports it."""

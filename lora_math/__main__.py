@@ -19,8 +19,8 @@ from typing import Any
 
 from .errors import LoraFileError, LoraFormatError, LoraShapeError
 from .formats import parse
-from .io import load_state_dict
-from .keytables import ARCHES
+from .formats.io import load_state_dict
+from .names.keytables import ARCHES
 from .report import file_report
 
 SIDECAR = "adapter_config.json"

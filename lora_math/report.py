@@ -14,9 +14,9 @@ from typing import Any
 
 from .errors import LoraFormatError
 from .formats import ParsedLoRA
-from .header import MAX_VALUE_CHARS, HeaderView, decode_value, header_view, trigger_words, writer
-from .keymap import diagnose, guess_base_model, match, split_role
-from .keytables import ARCHES, load_keytable
+from .formats.header import MAX_VALUE_CHARS, HeaderView, decode_value, header_view, trigger_words, writer
+from .names.keymap import diagnose, guess_base_model, match, split_role
+from .names.keytables import ARCHES, load_keytable
 
 __all__ = [
     "MAX_VALUE_CHARS",

@@ -73,8 +73,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
 
-from .blocks import block_id
 from .entries import entry_label, split_entries
+from .names.blocks import block_id
 
 __all__ = [
     "MODES",

@@ -2,16 +2,16 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-from .dataset import LoomLoadTrainingImages
-from .info import LoomLoraInfo
-from .interference_node import LoomBalanceStack, LoomLoraInterference
-from .loader import LoomLoraLoader
-from .lora_utilities import LoomConvertLora, LoomExtractLora, LoomMergeLoras, LoomResizeLora
-from .save_lora import LoomSaveLora
-from .schedule_node import LoomLoraSchedule
-from .schedule_stack import LoomScheduleLora
-from .stack import LoomLoraStack
-from .train import LoomTrainLora
+from .files.save_lora import LoomSaveLora
+from .load.info import LoomLoraInfo
+from .load.loader import LoomLoraLoader
+from .load.stack import LoomLoraStack
+from .schedule.make_schedule import LoomLoraSchedule
+from .schedule.schedule_lora import LoomScheduleLora
+from .tools.interference import LoomBalanceStack, LoomLoraInterference
+from .tools.utilities import LoomConvertLora, LoomExtractLora, LoomMergeLoras, LoomResizeLora
+from .train.load_images import LoomLoadTrainingImages
+from .train.train_lora import LoomTrainLora
 
 NODES: list[type[io.ComfyNode]] = [
     LoomLoraLoader,

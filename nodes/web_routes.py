@@ -34,10 +34,11 @@ import logging
 import os
 import sys
 
-from ..lora_math import keymap, report
-from . import lora_files
-from .info import rank_alpha_text
-from .stack import check_name
+from ..lora_math import report
+from ..lora_math.names import keymap
+from .files import lora_files
+from .load.info import rank_alpha_text
+from .load.stack import check_name
 
 log = logging.getLogger("lora_loom")
 

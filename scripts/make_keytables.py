@@ -1,4 +1,4 @@
-"""Write ``lora_math/keytables/<arch>.json.gz``: the LoRA-targetable weight keys of real models.
+"""Write ``lora_math/names/keytables/<arch>.json.gz``: the LoRA-targetable weight keys of real models.
 
 Each table maps a ComfyUI ModelPatcher key (``diffusion_model.…weight``, ``clip_l.transformer.…weight``,
 ``clip_g.transformer.…``, ``t5xxl.transformer.…``) to its shape, for the weights of ``Linear`` and ``Conv`` modules
@@ -15,7 +15,7 @@ Z-Image, Qwen-Image) or T5 (Chroma): denoiser only, except SD3.5, whose CLIP-L/G
 
 Run with the project venv and a ComfyUI tree (default ``.runtime/ComfyUI``, or ``COMFYUI_DIR``)::
 
-    .venv/bin/python scripts/make_keytables.py [--comfyui DIR] [--out lora_math/keytables]
+    .venv/bin/python scripts/make_keytables.py [--comfyui DIR] [--out lora_math/names/keytables]
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Each header follows the writer's own save code (read in its public repository), 
   the component prefix (``_pack_dict_with_prefix``), ``json.dumps(indent=2, sort_keys=True)``.
 - ``SIMPLETUNER_LYCORIS``: SimpleTuner ``_save_lycoris``: ``lycoris_config`` (the LyCORIS JSON config) only.
 - ``DIFFUSERS_MODEL``: diffusers ``ModelMixin.save_lora_adapter``: the same ``LoraConfig`` dict, no prefix.
-- ``LOOM``: LoRA Loom's Save LoRA (``lora_math/train/export.py``): kohya ``ss_*``, ``modelspec.*``, ``loom_*``.
+- ``LOOM``: LoRA Loom's Save LoRA (``lora_math/save/``): kohya ``ss_*``, ``modelspec.*``, ``loom_*``.
 
 The ``lora_adapter_metadata`` ones agree with the files they are paired with in the comfy tier (``lora_writers``:
 ``flux_diffusers`` r 4 / alpha 4, ``peft`` r 4 / alpha 8), so that Loom reads the same alpha from them.

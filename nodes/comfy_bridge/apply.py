@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import comfy.utils
 import torch
 
-from ...lora_math import blocks, keymap, merge
-from ...lora_math import bypass as bypass_math
 from ...lora_math.formats import ParsedLoRA
+from ...lora_math.names import blocks, keymap
 from ...lora_math.schedule import BlockSchedules, Schedule
+from ...lora_math.weights import bypass as bypass_math
+from ...lora_math.weights import inplace
 from . import compat, control, injection, merge_injection, model_info, schedule_bypass
 from .weight_patch import LoomWeightPatch
 
@@ -110,7 +111,7 @@ def _apply_to(
     """Add one LoRA's patches for this patcher; returns the number of weights it patches. ``widened``: keys a FLUX
     control LoRA widens: ComfyUI's patching, which swaps in the wider tensor, takes every LoRA on them."""
     own_keys = model_info.info(patcher).keys
-    merged: dict[str, list[merge.Term]] = {}
+    merged: dict[str, list[inplace.Term]] = {}
     core: dict[float, dict] = {}
     for p in patches:
         if p.key not in own_keys:
@@ -119,7 +120,7 @@ def _apply_to(
         if s == 0:
             continue
         if fast and p.key not in widened and merge_injection.fast_eligible(patcher, p.key, p.adapter):
-            merged.setdefault(p.key, []).append(merge.Term(p.adapter, s, p.rows))
+            merged.setdefault(p.key, []).append(inplace.Term(p.adapter, s, p.rows))
         else:
             core.setdefault(s, {})[_patch_key(p)] = LoomWeightPatch.of(p.adapter, shape=p.shape)
     count = sum(len(patcher.add_patches(group, s)) for s, group in core.items())

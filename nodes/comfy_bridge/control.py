@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ...lora_math import keymap
 from ...lora_math.adapters import Replace
+from ...lora_math.names import keymap
 from . import compat, model_info
 
 

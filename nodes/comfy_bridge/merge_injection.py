@@ -19,7 +19,7 @@ import comfy.lora
 import comfy.utils
 import torch
 
-from ...lora_math import merge
+from ...lora_math.weights import inplace
 from . import model_info
 
 KEY = "lora_loom"
@@ -27,14 +27,14 @@ _UUID_NAMESPACE = uuid.UUID("6f0c1f0e-7a55-4c7b-9a1e-2b1d5e0c4a10")
 _FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # ComfyUI's backup record (model_patcher.py builds the same two-field tuple).
 _Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])
-_factors = merge.FactorCache()
+_factors = inplace.FactorCache()
 
 
 @dataclass(frozen=True)
 class MergePlan:
     """What a Loom clone wants merged into its diffusion model: weight key -> terms."""
 
-    terms: dict[str, tuple[merge.Term, ...]] = field(default_factory=dict)
+    terms: dict[str, tuple[inplace.Term, ...]] = field(default_factory=dict)
 
     @functools.cached_property
     def structure(self) -> tuple:
@@ -45,7 +45,7 @@ class MergePlan:
     def strengths(self) -> list[float]:
         return [t.strength for terms in self.terms.values() for t in terms]
 
-    def extended(self, more: dict[str, list[merge.Term]]) -> MergePlan:
+    def extended(self, more: dict[str, list[inplace.Term]]) -> MergePlan:
         terms = dict(self.terms)
         for key, new in more.items():
             terms[key] = terms.get(key, ()) + tuple(new)
@@ -56,10 +56,10 @@ class _MergeState:
     """What the shared weights hold (our part), kept on the model all clones share."""
 
     def __init__(self) -> None:
-        self.applied: dict[str, tuple[merge.Term, ...]] = {}
+        self.applied: dict[str, tuple[inplace.Term, ...]] = {}
         self.backup_ref: dict[str, object] = {}
         self.applied_plan: MergePlan | None = None  # set when `applied` is exactly that plan's terms
-        self.program: merge.MergeProgram | None = None
+        self.program: inplace.MergeProgram | None = None
         self.program_structure: tuple | None = None
         self.leaf_modules: dict[str, tuple[object, str]] = {}  # key -> (module, attribute); modules never move
 
@@ -97,7 +97,7 @@ def reconcile(patcher) -> int:
             state.applied_plan = None
     previous = state.applied_plan
     if previous is not None and previous.structure == plan.structure:
-        if state.program_structure == plan.structure or merge.MergeProgram.supports(plan.terms):
+        if state.program_structure == plan.structure or inplace.MergeProgram.supports(plan.terms):
             return _update_strengths(model, state, previous, plan)
     touched = 0
     for key in plan.terms.keys() | state.applied.keys():
@@ -107,7 +107,7 @@ def reconcile(patcher) -> int:
         weight = comfy.utils.get_attr(model, key)
         if key not in backup:
             backup[key] = _Backup(weight.detach().to(device=patcher.offload_device, copy=True), False)
-        merge.update_weight(weight.data, *_difference(have, want), _factors)
+        inplace.update_weight(weight.data, *_difference(have, want), _factors)
         if want:
             state.applied[key] = want
             state.backup_ref[key] = backup[key]
@@ -126,7 +126,7 @@ def _update_strengths(model, state: _MergeState, previous: MergePlan, plan: Merg
         if state.program_structure != plan.structure:
             dtypes = {key: comfy.utils.get_attr(model, key).dtype for key in plan.terms}
             device = comfy.utils.get_attr(model, next(iter(plan.terms))).device
-            state.program = merge.MergeProgram(plan.terms, dtypes, device, _factors)
+            state.program = inplace.MergeProgram(plan.terms, dtypes, device, _factors)
             state.program_structure = plan.structure
         leaf = state.leaf_modules
         for key in plan.terms.keys() - leaf.keys():
@@ -140,7 +140,7 @@ def _update_strengths(model, state: _MergeState, previous: MergePlan, plan: Merg
 
 def fast_eligible(patcher, key: str, adapter) -> bool:
     """Whether this weight can take the in-place delta merge (plain float weights, additive adapters)."""
-    if not merge.is_additive(adapter):
+    if not inplace.is_additive(adapter):
         return False
     eligible = model_info.info(patcher).eligible
     if key not in eligible:
@@ -152,7 +152,7 @@ def fast_eligible(patcher, key: str, adapter) -> bool:
     return eligible[key]
 
 
-def add_merge_plan(patcher, terms: dict[str, list[merge.Term]]) -> bool:
+def add_merge_plan(patcher, terms: dict[str, list[inplace.Term]]) -> bool:
     """Add terms to this clone's plan; True when the clone had none (the caller then adds the injection)."""
     parent_plan = patcher.get_attachment(KEY)
     first = parent_plan is None
@@ -185,5 +185,5 @@ def effective_weight(patcher, key: str, device) -> torch.Tensor:
         by_rows.setdefault(term.rows, []).append((term, term.strength))
     for rows, terms in by_rows.items():
         target = weight if rows is None else weight[rows[0] : rows[1]]
-        target += merge.terms_delta(target.shape, terms, weight.device)
+        target += inplace.terms_delta(target.shape, terms, weight.device)
     return weight

@@ -6,9 +6,9 @@ import collections
 import weakref
 from collections.abc import Sequence
 
-from ...lora_math import families, keymap
 from ...lora_math.errors import LoraShapeError
 from ...lora_math.formats import ParsedLoRA
+from ...lora_math.names import families, keymap
 
 _MATCH_CACHE_SIZE = 64
 

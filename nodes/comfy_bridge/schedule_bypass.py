@@ -19,8 +19,8 @@ import comfy.utils
 import torch
 from comfy.patcher_extension import WrappersMP
 
-from ...lora_math import bypass as bypass_math
 from ...lora_math.schedule import Schedule
+from ...lora_math.weights import bypass as bypass_math
 from .module_hooks import ModuleHooks
 
 KEY = "lora_loom_schedule"

@@ -9,7 +9,8 @@ import dataclasses
 import torch
 from comfy.weight_adapter.base import WeightAdapterBase
 
-from ...lora_math import adapters, merge
+from ...lora_math import adapters
+from ...lora_math.weights import inplace
 
 
 class LoomWeightPatch(WeightAdapterBase):
@@ -34,7 +35,7 @@ class LoomWeightPatch(WeightAdapterBase):
         self.weights = list(weights)
         cls, *values = self._adapter_weights()
         self.adapter: adapters.Adapter = cls(*values)
-        self._low_rank = merge.is_low_rank(self.adapter) and merge.is_additive(self.adapter)
+        self._low_rank = inplace.is_low_rank(self.adapter) and inplace.is_additive(self.adapter)
 
     def _adapter_weights(self) -> list:
         return self.weights

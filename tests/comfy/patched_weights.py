@@ -23,7 +23,7 @@ def tolerance(want: torch.Tensor, original: torch.Tensor) -> tuple[float, float]
 
     With m the mantissa bits of the weight dtype (fp16 10, bf16 7), one ulp of ``x`` is at most ``2^-m * |x|``.
     - Core and the reference compute ``W + s*ΔW`` in fp32 (fp64) and cast once: within half an ulp of the exact value.
-    - Loom's in-place merge (``lora_math.merge``) keeps the low-rank factors in the weight dtype (``up * alpha/rank``
+    - Loom's in-place merge (``lora_math.weights.inplace``) keeps the low-rank factors in the weight dtype (``up * alpha/rank``
       cast, then times the strength) and rounds ``W + ΔW`` once: besides the final half ulp, its ΔW carries up to
       ``DELTA_ROUNDINGS`` roundings of the dtype relative to ``|ΔW|``.
     So ``rtol = 2^-m`` (one ulp of the element: 9.8e-4 fp16, 7.8e-3 bf16) and

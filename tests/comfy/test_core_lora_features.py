@@ -33,7 +33,7 @@ def core(model, clip, name, sm=1.0, sc=1.0):
 
 
 def loom(pack, model, clip, name, sm=1.0, sc=1.0, schedule=None):
-    out = pack.nodes.loader.LoomLoraLoader.execute(
+    out = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=model, clip=clip, lora_name=name, strength_model=sm, strength_clip=sc, schedule=schedule
     )
     return out.result[0], out.result[1]
@@ -41,7 +41,7 @@ def loom(pack, model, clip, name, sm=1.0, sc=1.0, schedule=None):
 
 def test_lora_metadata_is_attached_as_core_attaches_it(pack, sd15, loras):
     import lora_writers as lw
-    from lora_loom.lora_math import io
+    from lora_loom.lora_math.formats import io
 
     model, clip, _ = sd15
     written = lw.kohya(model, clip, loras, 7)

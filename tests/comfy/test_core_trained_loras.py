@@ -83,7 +83,7 @@ def _assert_same(got: dict, want: dict, original: dict, at_least: int):
 
 def test_core_trained_lora_loads_in_loom_as_in_core(pack, sd15, core_file):
     model, clip, _ = sd15
-    out = pack.nodes.loader.LoomLoraLoader.execute(
+    out = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=model, clip=clip, lora_name=core_file.name, strength_model=0.8, strength_clip=1.0
     )
     loom_model, _, report = out.result
@@ -94,14 +94,14 @@ def test_core_trained_lora_loads_in_loom_as_in_core(pack, sd15, core_file):
 
 
 def test_loom_resaves_a_core_trained_lora_as_kohya_with_metadata(pack, sd15, core_file):
-    from lora_loom.lora_math import io
+    from lora_loom.lora_math.formats import io
 
     model, _, _ = sd15
     rows = json.dumps([{"name": core_file.name, "model": 1.0, "clip": 0.0}])
-    stack = pack.nodes.stack.LoomLoraStack.execute(model=model, rows=rows).result[2]
-    lora, text = pack.nodes.lora_utilities.LoomMergeLoras.execute(model=model, lora_stack=stack, mode="exact").result
+    stack = pack.nodes.load.stack.LoomLoraStack.execute(model=model, rows=rows).result[2]
+    lora, text = pack.nodes.tools.utilities.LoomMergeLoras.execute(model=model, lora_stack=stack, mode="exact").result
     assert "bias/norm updates are full diffs" in text and len(lora.diffs) == 45 + 122, text
-    saved = pack.nodes.save_lora.LoomSaveLora.execute(
+    saved = pack.nodes.files.save_lora.LoomSaveLora.execute(
         lora=lora, filename_prefix="loom-test/core_resaved", overwrite=True
     ).result
     path = Path(folder_paths.get_folder_paths("loras")[0]) / "loom-test" / "core_resaved.safetensors"

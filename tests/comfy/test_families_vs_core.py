@@ -95,7 +95,7 @@ def test_trainer_names_patch_like_the_reference_and_core(family, style, base_of,
     i = CASES.index((family, style))
     written = fw.write(family, style, base.model, loras, seed=i)
     sm = STRENGTHS[i % len(STRENGTHS)]
-    out = pack.nodes.loader.LoomLoraLoader.execute(
+    out = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=base.model, clip=None, lora_name=written.name, strength_model=sm, strength_clip=0.0
     )
     loom_model, _, report = out.result
@@ -137,7 +137,7 @@ def test_a_lora_for_another_family_is_refused_naming_file_key_and_families(
     base = base_of(model_family)
     patches_before = dict(base.model.patches)
     with pytest.raises(ValueError, match=message) as err:
-        pack.nodes.loader.LoomLoraLoader.execute(
+        pack.nodes.load.loader.LoomLoraLoader.execute(
             model=base.model, clip=None, lora_name=written.name, strength_model=1.0, strength_clip=0.0
         )
     text = str(err.value)

@@ -39,7 +39,7 @@ def _full_size(arch: str, lora_math):
         model_config, _ = make_keytables.model_config_for(arch, comfy, torch)
     except make_keytables.CannotBuild as e:
         pytest.skip(f"this ComfyUI cannot build {arch}: {e}")
-    table = lora_math.keytables.load_keytable(arch)
+    table = lora_math.names.keytables.load_keytable(arch)
     keys = fw.DitKeys.of_table(table, model_config.unet_config)
     family = "flux2" if arch.startswith("flux2") else arch
     return table, fw.diffusers(family, keys)
@@ -49,7 +49,7 @@ def _full_size(arch: str, lora_math):
 def test_diffusers_names_land_where_comfyui_puts_them(arch, lora_math):
     table, targets = _full_size(arch, lora_math)
     assert len(targets) > 50, f"{arch}: only {len(targets)} diffusers targets: the name source is wrong"
-    aliases = importlib.import_module(f"{lora_math.__name__}.keymap").alias_table(table)
+    aliases = importlib.import_module(f"{lora_math.__name__}.names.keymap").alias_table(table)
     wrong = []
     for t in targets:
         for prefix, underscores in SPELLINGS:

@@ -4,7 +4,7 @@ Z-Image, Qwen-Image, SD3.5 Medium / Large), through the nodes a user wires.
 - Loom LoRA Stack: two files in two trainers' spellings (core's own names with block weights, diffusers names
   at a negative strength) on the same weights; every weight equals the hand reference, where each file's ΔW is
   scaled by its strength times the block multiplier of the weight's block. The blocks each family has, and the
-  multiplier each weight gets, are written here from the model's key names, not taken from ``lora_math.blocks``.
+  multiplier each weight gets, are written here from the model's key names, not taken from ``lora_math.names.blocks``.
 - A scheduled strength (a ramp from 0 to 1) through ComfyUI's sampler: the output equals re-merging the weights at
   every step with that step's strength (``test_schedule_sampling.reference``), and differs from the static LoRA by
   far more than that tolerance.
@@ -69,7 +69,7 @@ def test_stack_with_block_weights_matches_the_reference(family, pack, loras):
     dif = fw.write(family, STYLE["diffusers"], base.model, loras, seed=41)
     blocks = BLOCKS[family][0]
     rows = json.dumps([{"name": own.name, "model": 0.9, "blocks": blocks}, {"name": dif.name, "model": -0.5}])
-    model, _, stack, report = pack.nodes.stack.LoomLoraStack.execute(
+    model, _, stack, report = pack.nodes.load.stack.LoomLoraStack.execute(
         model=base.model, clip=None, rows=rows, lora_stack=None
     ).result
     assert "warning" not in report, report
@@ -99,7 +99,7 @@ def test_scheduled_strength_equals_per_step_remerge(family, pack, loras):
     model = families.tiny(family)  # fp32: bypass and merge then differ only by summation order
     written = fw.write(family, STYLE["diffusers"], model, loras, seed=42)
     ramp = "0:0, 1:1.5"
-    parsed = pack.nodes.lora_files.load(written.name, "lora_name")
+    parsed = pack.nodes.files.lora_files.load(written.name, "lora_name")
     spec = pack.nodes.comfy_bridge.LoraSpec(written.name, parsed, 1.0, 0.0, schedule=parse_schedule(ramp))
     static = pack.nodes.comfy_bridge.LoraSpec(written.name, parsed, 1.0, 0.0)
     run = _sample(family)

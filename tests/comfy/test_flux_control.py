@@ -112,7 +112,7 @@ def flux_control(model, folder, seed: int, rank: int = 4, layers: str = ".") -> 
 
 
 def loom_loader(pack, model, name: str, strength: float, schedule=None):
-    return pack.nodes.loader.LoomLoraLoader.execute(
+    return pack.nodes.load.loader.LoomLoraLoader.execute(
         model=model, clip=None, lora_name=name, strength_model=strength, strength_clip=0.0, schedule=schedule
     ).result[::2]  # (model, report)
 
@@ -120,7 +120,7 @@ def loom_loader(pack, model, name: str, strength: float, schedule=None):
 def loom_stack(pack, model, rows: list[dict]):
     import json
 
-    out = pack.nodes.stack.LoomLoraStack.execute(model=model, rows=json.dumps(rows)).result
+    out = pack.nodes.load.stack.LoomLoraStack.execute(model=model, rows=json.dumps(rows)).result
     return out[0], out[3]
 
 

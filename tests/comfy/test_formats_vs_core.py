@@ -145,7 +145,7 @@ def test_format_matches_core(case: Case, request, pack, loras):
     seed = CASES.index(case)
     written = case.write(base.model, base.clip, loras, seed)
     sm, sc = case.strengths
-    out = pack.nodes.loader.LoomLoraLoader.execute(
+    out = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=base.model, clip=base.clip, lora_name=written.name, strength_model=sm, strength_clip=sc
     )
     loom_model, loom_clip, report = out.result
@@ -174,7 +174,7 @@ STACK_CLIP = (0.5, 1.1, -0.8)
 def test_mixed_stack_matches_chained_core_loaders(against, writers, sd15_fp16, pack, loras):
     """Three formats stacked on the same weights, strengths (0.7, -0.4, 1.2) on the model and (0.5, 1.1, -0.8) on
     CLIP, through ``patching.apply_stack``, against three core LoraLoaders chained (or the reference)."""
-    patching, lora_files = pack.nodes.comfy_bridge, pack.nodes.lora_files
+    patching, lora_files = pack.nodes.comfy_bridge, pack.nodes.files.lora_files
     written = [write(sd15_fp16.model, sd15_fp16.clip, loras, 100 + i) for i, write in enumerate(writers)]
     applied = list(zip(written, STACK_MODEL, STACK_CLIP, strict=True))
     specs = [patching.LoraSpec(w.name, lora_files.load(w.name), sm, sc) for w, sm, sc in applied]
@@ -191,7 +191,7 @@ def test_mixed_stack_matches_chained_core_loaders(against, writers, sd15_fp16, p
 def test_zero_strength_on_one_side(sm, sc, sd15_fp16, pack, loras):
     """Strength 0 on one side leaves that side bit-exact (as core does) and patches the other side like core."""
     written = lw.kohya(sd15_fp16.model, sd15_fp16.clip, loras, 200)
-    out = pack.nodes.loader.LoomLoraLoader.execute(
+    out = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=sd15_fp16.model, clip=sd15_fp16.clip, lora_name=written.name, strength_model=sm, strength_clip=sc
     )
     loom_model, loom_clip, report = out.result

@@ -1,4 +1,4 @@
-"""nodes.heatmap_image: the per-block heatmap IMAGE (shape, bounds, cell colours by value and group scale, text
+"""nodes.images.heatmap: the per-block heatmap IMAGE (shape, bounds, cell colours by value and group scale, text
 contrast, flag outlines, no-data cells, labels that do not collide, argument errors, determinism)."""
 
 import importlib
@@ -16,7 +16,7 @@ GROUPS = [("relative update ‖sΔW‖/‖W‖", 0, 3), ("overlap |cos|", 3, 4)]
 
 @pytest.fixture(scope="module")
 def hm(pack):
-    return importlib.import_module(f"{pack.__name__}.nodes.heatmap_image")
+    return importlib.import_module(f"{pack.__name__}.nodes.images.heatmap")
 
 
 def pixels(tensor) -> np.ndarray:

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 
 def info(pack, lora_name=SD15_LORA, **kwargs) -> dict[str, str]:
-    node = pack.nodes.info.LoomLoraInfo
+    node = pack.nodes.load.info.LoomLoraInfo
     names = [o.id for o in node.define_schema().outputs]
     result = node.execute(lora_name=lora_name, **kwargs).result
     assert len(result) == len(names) and all(isinstance(r, str) for r in result)
@@ -74,7 +74,7 @@ def test_coverage_against_another_architecture(pack):
 def test_other_writers_headers_are_shown_whole(pack, sd15, loras, write, writer, fmt):
     """The training output is the header view (``report.header_view``, as inspect and the info panel give it), every
     key of the header in it; the summary ends with it; trigger words as the view finds them."""
-    from lora_loom.lora_math.io import load_state_dict
+    from lora_loom.lora_math.formats.io import load_state_dict
     from lora_loom.lora_math.report import header_view
 
     path = write(sd15[0], sd15[1], loras, 5).path
@@ -110,11 +110,11 @@ def test_a_file_without_metadata_says_so(pack, sd15, loras):
 
 def test_unknown_lora_name_is_a_clear_error(pack):
     with pytest.raises(ValueError, match="lora_name: LoRA 'nope.safetensors' is not in any `loras` folder"):
-        pack.nodes.info.LoomLoraInfo.execute(lora_name="nope.safetensors")
+        pack.nodes.load.info.LoomLoraInfo.execute(lora_name="nope.safetensors")
 
 
 def test_schema_is_valid_and_registered(pack):
-    node = pack.nodes.info.LoomLoraInfo
+    node = pack.nodes.load.info.LoomLoraInfo
     node.GET_SCHEMA()  # raises on ids ComfyUI would refuse
     assert node in pack.nodes.NODES
     names = ("summary", "trigger_words", "base_model", "format", "rank_alpha", "coverage", "training")

@@ -1,4 +1,4 @@
-"""The key tables shipped in ``lora_math/keytables`` equal what ComfyUI's own model classes give (drift guard).
+"""The key tables shipped in ``lora_math/names/keytables`` equal what ComfyUI's own model classes give (drift guard).
 
 The unit tier maps LoRAs against these tables without ComfyUI; this test rebuilds each table the way
 ``scripts/make_keytables.py`` does (the published SD1.5 / SDXL / FLUX.1 configs, or ComfyUI's detection on a skeleton
@@ -19,7 +19,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def keytables(pack):
-    return importlib.import_module(f"{pack.__name__}.lora_math.keytables")
+    return importlib.import_module(f"{pack.__name__}.lora_math.names.keytables")
 
 
 def _running_version() -> str:
@@ -48,7 +48,7 @@ def test_shipped_keytable_equals_comfyui_classes(arch, keytables):
     extra = sorted(shipped.keys() - built.keys())
     reshaped = sorted(k for k in built.keys() & shipped.keys() if built[k] != shipped[k])
     assert not (missing or extra or reshaped), (
-        f"{arch}: lora_math/keytables/{arch}.json.gz drifted from ComfyUI {_running_version()}: "
+        f"{arch}: lora_math/names/keytables/{arch}.json.gz drifted from ComfyUI {_running_version()}: "
         f"{len(missing)} keys missing (first {missing[:3]}), {len(extra)} extra (first {extra[:3]}), "
         f"{len(reshaped)} reshaped (first {[(k, shipped[k], built[k]) for k in reshaped[:3]]}); "
         "regenerate with scripts/make_keytables.py"

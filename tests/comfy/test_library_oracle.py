@@ -116,7 +116,7 @@ def fused(family: str, path, scale: float) -> dict[str, torch.Tensor]:
 def copy_into_comfy(pack, dm, cm) -> dict:
     """diffusers weights into the ComfyUI model through the pack's key maps; returns {diffusers name: Target}."""
     keys = {k: tuple(v.shape) for k, v in cm.model.state_dict().items()}
-    table = pack.lora_math.keymap.alias_table(keys)
+    table = pack.lora_math.names.keymap.alias_table(keys)
     sd = cm.model.state_dict()
     targets = {}
     for n in linear_names(dm):
@@ -169,12 +169,12 @@ def test_loom_applies_a_diffusers_lora_as_diffusers_fuses_it(family, variant, pa
     targets = copy_into_comfy(pack, dm, cm)
     config = LoraConfig(target_modules=linear_names(dm), init_lora_weights=False, **CONFIGS[variant])
     path = write_lora(family, loras, config, f"oracle-{family}-{variant}")
-    meta = pack.lora_math.io.load_state_dict(path)[1]
+    meta = pack.lora_math.formats.io.load_state_dict(path)[1]
     assert f'"transformer.lora_alpha": {ALPHA:g}' in meta["lora_adapter_metadata"].replace(".0,", ",")
     # DoRA: diffusers scales the whole decomposed weight with lora_scale, ComfyUI interpolates from the original;
     # the two agree at strength 1
     strength = 1.0 if variant == "dora" else 0.7
-    out = pack.nodes.loader.LoomLoraLoader.execute(
+    out = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=cm, clip=None, lora_name=path.name, strength_model=strength, strength_clip=0
     )
     loom_model, _, report = out.result
@@ -196,7 +196,9 @@ def test_the_metadata_alpha_scales_the_update(pack, loras):
         after = fused("qwen_image", path, 1.0)
         deltas.append(after[f"{names[0]}.weight"] - base[f"{names[0]}.weight"])
     torch.testing.assert_close(deltas[1], 2 * deltas[0], rtol=1e-4, atol=1e-6)
-    assert json.loads(pack.lora_math.io.load_state_dict(path)[1]["lora_adapter_metadata"])["transformer.r"] == RANK
+    assert (
+        json.loads(pack.lora_math.formats.io.load_state_dict(path)[1]["lora_adapter_metadata"])["transformer.r"] == RANK
+    )
 
 
 # --- SD UNet and CLIP text encoder: diffusers' own key styles ----------------------------------------------------
@@ -295,8 +297,9 @@ def test_sd_unet_and_text_encoder_loras_as_diffusers_writes_and_fuses_them(style
     """diffusers 0.42: ``unet.….lora.down.weight`` and ``text_encoder.encoder.layers.N.….lora_linear_layer…`` with the
     alpha only in the header (``unet.lora_alpha``: scale 2; ``text_encoder.lora_alpha``: scale 4), and its kohya
     conversion (``lora_te1_encoder_layers_N_…``): every module matched, at diffusers' scale."""
-    from lora_loom.lora_math import adapters, formats, keymap
-    from lora_loom.lora_math.io import load_state_dict
+    from lora_loom.lora_math import adapters, formats
+    from lora_loom.lora_math.formats.io import load_state_dict
+    from lora_loom.lora_math.names import keymap
 
     path = write_sd_lora(loras, f"oracle-sd-{style}", kohya=style == "kohya-conversion")
     unet, te = sd_models()

@@ -17,7 +17,7 @@ def _core_load(model, clip, strength_model, strength_clip):
 def test_loader_matches_core_and_unpatches_to_original(pack, sd15):
     model, clip, _ = sd15
     original = {k: v.clone() for k, v in model.model.state_dict().items()}
-    loader = pack.nodes.loader.LoomLoraLoader
+    loader = pack.nodes.load.loader.LoomLoraLoader
     out = loader.execute(model=model, clip=clip, lora_name=SD15_LORA, strength_model=0.8, strength_clip=0.5)
     loom_model, loom_clip, report = out.result
     # q/k/v/out of 14 UNet attention modules and 12 CLIP-L layers
@@ -42,7 +42,7 @@ def test_loader_matches_core_and_unpatches_to_original(pack, sd15):
 
 def test_zero_strength_returns_inputs_unchanged(pack, sd15):
     model, clip, _ = sd15
-    out = pack.nodes.loader.LoomLoraLoader.execute(
+    out = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=model, clip=clip, lora_name=SD15_LORA, strength_model=0.0, strength_clip=0.0
     )
     assert out.result[0] is model and out.result[1] is clip
@@ -51,7 +51,7 @@ def test_zero_strength_returns_inputs_unchanged(pack, sd15):
 def test_unknown_lora_name_is_a_clear_error(pack, sd15):
     model, clip, _ = sd15
     with pytest.raises(ValueError, match="lora_name: LoRA 'nope.safetensors' is not in any `loras` folder"):
-        pack.nodes.loader.LoomLoraLoader.execute(
+        pack.nodes.load.loader.LoomLoraLoader.execute(
             model=model, clip=clip, lora_name="nope.safetensors", strength_model=1.0, strength_clip=1.0
         )
 
@@ -62,6 +62,6 @@ def test_unknown_lora_name_is_a_clear_error(pack, sd15):
 def test_paths_outside_the_loras_folders_are_refused(pack, sd15, bad):
     model, clip, _ = sd15
     with pytest.raises(ValueError, match="lora_name: .* is not a LoRA name.*no absolute paths, no '..'"):
-        pack.nodes.loader.LoomLoraLoader.execute(
+        pack.nodes.load.loader.LoomLoraLoader.execute(
             model=model, clip=clip, lora_name=bad, strength_model=1, strength_clip=1
         )

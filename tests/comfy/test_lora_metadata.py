@@ -99,7 +99,7 @@ def core(model, clip, name, sm=1.0, sc=1.0):
 
 
 def loom(pack, model, clip, name, sm=1.0, sc=1.0):
-    result = pack.nodes.loader.LoomLoraLoader.execute(
+    result = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=model, clip=clip, lora_name=name, strength_model=sm, strength_clip=sc
     ).result
     return result[0], result[1]
@@ -161,7 +161,7 @@ def test_the_last_lora_with_a_header_wins_in_a_stack_as_in_a_core_chain(pack, fi
     bare = with_header(kohya, None, "bare")  # no metadata: the earlier LoRA's header stays
     for names in ([first, second], [second, first], [first, bare], [bare]):
         rows = json.dumps([{"name": p.name, "model": 0.8, "clip": 0.5} for p in names])
-        stacked = pack.nodes.stack.LoomLoraStack.execute(model=model, clip=clip, rows=rows).result
+        stacked = pack.nodes.load.stack.LoomLoraStack.execute(model=model, clip=clip, rows=rows).result
         chain = (model, clip)
         for p in names:
             chain = core(*chain, p.name, 0.8, 0.5)

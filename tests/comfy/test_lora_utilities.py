@@ -1,6 +1,6 @@
 """Interference report, auto-balance, merge, resize, convert and extract on the real tiny SD1.5 model (fp32, CPU).
 
-References are independent of ``lora_math.lowrank``: the stack's effect is read from the weights ComfyUI loads with
+References are independent of ``lora_math.lowrank.delta``: the stack's effect is read from the weights ComfyUI loads with
 the stack applied (``patched_state``), and optimal truncations come from ``torch.linalg.svd`` of the dense ΔW.
 """
 
@@ -46,11 +46,11 @@ def originals(sd15):
 
 
 def entry(pack, name, model=1.0, clip=1.0, blocks=""):
-    return pack.nodes.stack.LoraStackEntry(name, model, clip, blocks)
+    return pack.nodes.load.stack.LoraStackEntry(name, model, clip, blocks)
 
 
 def applied(pack, model, clip, stack):
-    out = pack.nodes.stack.LoomLoraStack.execute(model=model, clip=clip, rows="[]", lora_stack=stack).result
+    out = pack.nodes.load.stack.LoomLoraStack.execute(model=model, clip=clip, rows="[]", lora_stack=stack).result
     return patched_state(out[0]), (patched_state(out[1].patcher) if clip is not None else {})
 
 
@@ -62,7 +62,7 @@ def delta_of(lora, key):
 
 def save_and_reload(pack, lora, prefix, model, clip):
     """Through Loom Save LoRA (fp32) and back through the stack: the file as every loader reads it."""
-    path, stack = pack.nodes.save_lora.LoomSaveLora.execute(
+    path, stack = pack.nodes.files.save_lora.LoomSaveLora.execute(
         lora=lora, filename_prefix=prefix, scope="", overwrite=True, save_dtype="fp32"
     ).result
     return path, applied(pack, model, clip, stack)
@@ -75,7 +75,7 @@ def test_exact_merge_equals_the_stack_applied(pack, sd15, files, originals):
         entry(pack, files["b"], -0.6, 1.0),
         entry(pack, files["loha"], 0.7, 0.3),
     ]
-    lora, report = pack.nodes.lora_utilities.LoomMergeLoras.execute(
+    lora, report = pack.nodes.tools.utilities.LoomMergeLoras.execute(
         model=model, clip=clip, lora_stack=stack, mode="exact"
     ).result
     want_model, want_clip = applied(pack, model, clip, stack)
@@ -114,7 +114,7 @@ def test_compressed_merge_error_falls_with_rank_and_matches_the_dropped_singular
     keys = [k for k in want_model if k.endswith("attn1.to_q.weight")][:3]
     errors = []
     for rank in (2, 4, 8):
-        lora, report = pack.nodes.lora_utilities.LoomMergeLoras.execute(
+        lora, report = pack.nodes.tools.utilities.LoomMergeLoras.execute(
             model=model, lora_stack=stack, mode="compressed", rank=rank
         ).result
         assert lora.rank == rank and f"rank {rank}" in report
@@ -132,7 +132,7 @@ def test_compressed_merge_error_falls_with_rank_and_matches_the_dropped_singular
 
 def test_resize_matches_a_full_svd_per_module(pack, sd15, files, originals):
     model, clip, _ = sd15
-    resize = pack.nodes.lora_utilities.LoomResizeLora.execute
+    resize = pack.nodes.tools.utilities.LoomResizeLora.execute
     lora, report = resize(
         model=model, clip=clip, lora_name=files["a"], method="energy", rank=8, dynamic_param=0.9
     ).result
@@ -153,7 +153,7 @@ def test_resize_matches_a_full_svd_per_module(pack, sd15, files, originals):
 @pytest.mark.parametrize("name", ["loha", "dora"])
 def test_convert_to_plain_lora(pack, sd15, files, originals, name):
     model, clip, _ = sd15
-    lora, report = pack.nodes.lora_utilities.LoomConvertLora.execute(
+    lora, report = pack.nodes.tools.utilities.LoomConvertLora.execute(
         model=model, clip=clip, lora_name=files[name], rank=6
     ).result
     keys = list(lora.modules)
@@ -181,7 +181,7 @@ def test_extract_recovers_a_known_difference(pack, sd15, files, originals):
             noise = torch.randn(w.shape, generator=g) * 3e-3
             added[key] = (low + noise).double()
             w += low + noise
-    extract = pack.nodes.lora_utilities.LoomExtractLora.execute
+    extract = pack.nodes.tools.utilities.LoomExtractLora.execute
     lora, report = extract(model_tuned=tuned, model_base=model, target="attention", method="rank", rank=3).result
     assert set(added) <= set(lora.modules)  # untouched layers are left out (zero difference)
     assert len(lora.modules) == len(added) and "had no update" in report
@@ -194,7 +194,7 @@ def test_extract_recovers_a_known_difference(pack, sd15, files, originals):
     ).result
     assert all(d.shape[0] > 3 for d, _ in lora.modules.values())  # the noise needs more than rank 3 for 99.9%
     # models are read as they load: base + a LoRA stack minus base extracts the stack (rank 8 holds it exactly)
-    stacked = pack.nodes.stack.LoomLoraStack.execute(
+    stacked = pack.nodes.load.stack.LoomLoraStack.execute(
         model=model, clip=None, rows="[]", lora_stack=[entry(pack, files["a"], 0.7)]
     ).result[0]
     lora, _ = extract(model_tuned=stacked, model_base=model, target="attention", method="rank", rank=8).result
@@ -226,14 +226,14 @@ def test_extract_recovers_a_known_difference(pack, sd15, files, originals):
 
 def test_interference_finds_overlap_where_it_is(pack, sd15, files, originals):
     model, clip, _ = sd15
-    node = pack.nodes.interference_node.LoomLoraInterference.execute
+    node = pack.nodes.tools.interference.LoomLoraInterference.execute
     same = [entry(pack, files["a"], 1.0), entry(pack, files["a"], 0.5)]
     text, image = node(model=model, clip=clip, lora_stack=same).result
-    report, _ = pack.nodes.interference_node.analyse(model, clip, same)
+    report, _ = pack.nodes.tools.interference.analyse(model, clip, same)
     assert all(b.cosine(0, 1) == pytest.approx(1.0, abs=1e-6) for b in report.blocks)
     assert "reinforce" in text and image.ndim == 4 and image.shape[-1] == 3
     different = [entry(pack, files["a"], 1.0), entry(pack, files["b"], 1.0)]
-    report, _ = pack.nodes.interference_node.analyse(model, clip, different)
+    report, _ = pack.nodes.tools.interference.analyse(model, clip, different)
     assert all(abs(b.cosine(0, 1)) < 0.15 for b in report.blocks)  # independent random LoRAs: near-orthogonal
     assert not [f for f in report.flags() if f.kind == "overlap"]
     # relative norms against the weights ComfyUI loads with that stack (block IN01, both LoRAs)
@@ -246,26 +246,26 @@ def test_interference_finds_overlap_where_it_is(pack, sd15, files, originals):
 
 
 def report_keys(pack, model, clip, stack):
-    specs = pack.nodes.lora_tools.specs_of(model, clip, stack)
-    updates = pack.nodes.lora_tools.stack_updates(model, clip, specs)
+    specs = pack.nodes.tools.stack_updates.specs_of(model, clip, stack)
+    updates = pack.nodes.tools.stack_updates.stack_updates(model, clip, specs)
     return {w.key for w in updates.weights}
 
 
 def test_balance_keeps_the_combined_update_in_budget(pack, sd15, files):
     model, clip, _ = sd15
     stack = [entry(pack, files["a"], 1.0, 0.8), entry(pack, files["a"], 0.6, 0.4, "OUT:0"), entry(pack, files["b"])]
-    before, _ = pack.nodes.interference_node.analyse(model, clip, stack)
+    before, _ = pack.nodes.tools.interference.analyse(model, clip, stack)
     budget = before.worst("model").combined / 2
-    out, text = pack.nodes.interference_node.LoomBalanceStack.execute(
+    out, text = pack.nodes.tools.interference.LoomBalanceStack.execute(
         model=model, clip=clip, lora_stack=stack, budget=budget
     ).result
-    after, _ = pack.nodes.interference_node.analyse(model, clip, out)
+    after, _ = pack.nodes.tools.interference.analyse(model, clip, out)
     assert after.worst("model").combined == pytest.approx(budget, rel=1e-6)
     assert after.worst("clip").combined <= budget * (1 + 1e-6)
     ratios = [o[1] / s[1] for o, s in zip(out, stack, strict=True)]
     assert max(ratios) == pytest.approx(min(ratios)) and ratios[0] == pytest.approx(0.5, rel=1e-6)
     assert out[1].blocks == "OUT:0" and "model strengths ×0.5000" in text
-    same, text = pack.nodes.interference_node.LoomBalanceStack.execute(
+    same, text = pack.nodes.tools.interference.LoomBalanceStack.execute(
         model=model, lora_stack=stack, budget=budget * 10
     ).result
     assert [tuple(e) for e in same] == [tuple(e) for e in stack] and "unchanged" in text
@@ -273,7 +273,7 @@ def test_balance_keeps_the_combined_update_in_budget(pack, sd15, files):
 
 def test_bad_inputs_get_clear_errors(pack, sd15, files, loras):
     model, clip, _ = sd15
-    merge = pack.nodes.lora_utilities.LoomMergeLoras.execute
+    merge = pack.nodes.tools.utilities.LoomMergeLoras.execute
     with pytest.raises(ValueError, match="^lora_stack: the stack is empty"):
         merge(model=model, lora_stack=[], mode="exact")
     with pytest.raises(ValueError, match="^lora_stack: the stack is empty"):
@@ -290,12 +290,12 @@ def test_bad_inputs_get_clear_errors(pack, sd15, files, loras):
         merge(model=model, lora_stack=[entry(pack, files["a"]), entry(pack, "sdxl-like.safetensors")], mode="exact")
     with pytest.raises(ValueError, match=r"^rank: 4096 is above the rank of diffusion_model\..* at most \d+\)"):
         merge(model=model, lora_stack=[entry(pack, files["a"])], mode="compressed", rank=4096)
-    resize = pack.nodes.lora_utilities.LoomResizeLora.execute
+    resize = pack.nodes.tools.utilities.LoomResizeLora.execute
     with pytest.raises(ValueError, match="^dynamic_param: energy: 1.5 must be a fraction"):
         resize(model=model, lora_name=files["a"], method="energy", rank=8, dynamic_param=1.5)
     with pytest.raises(ValueError, match="^lora_name: LoRA 'missing.safetensors' is not in any `loras` folder"):
         resize(model=model, lora_name="missing.safetensors", method="rank", rank=4)
-    assert "missing.safetensors" in pack.nodes.lora_utilities.LoomResizeLora.validate_inputs("missing.safetensors")
+    assert "missing.safetensors" in pack.nodes.tools.utilities.LoomResizeLora.validate_inputs("missing.safetensors")
 
 
 def test_text_encoder_weights_kohya_cannot_name_are_left_out_with_a_note(pack, sd15, loras):
@@ -311,12 +311,12 @@ def test_text_encoder_weights_kohya_cannot_name_are_left_out_with_a_note(pack, s
         },
         str(loras / "with-projection.safetensors"),
     )
-    lora, report = pack.nodes.lora_utilities.LoomMergeLoras.execute(
+    lora, report = pack.nodes.tools.utilities.LoomMergeLoras.execute(
         model=model, clip=clip, lora_stack=[entry(pack, "with-projection.safetensors")], mode="exact"
     ).result
     assert list(lora.modules) == [f"{UNET}input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"]
     assert "note: 1 text-encoder updates that kohya LoRA files cannot name" in report
-    path, _ = pack.nodes.save_lora.LoomSaveLora.execute(
+    path, _ = pack.nodes.files.save_lora.LoomSaveLora.execute(
         lora=lora, filename_prefix="loom-test/without_projection", scope="", overwrite=True, save_dtype="fp16"
     ).result
     assert path.endswith("without_projection.safetensors")

@@ -1,4 +1,4 @@
-"""nodes.curve_image.loss_image: the trainer's loss-curve IMAGE (shape, range, where the curves are, empty history)."""
+"""nodes.images.curves.loss_image: the trainer's loss-curve IMAGE (shape, range, where the curves are, empty history)."""
 
 import math
 
@@ -10,7 +10,7 @@ pytestmark = pytest.mark.pinned_only  # image drawing, no ComfyUI version in it:
 
 @pytest.fixture(scope="module")
 def chart(pack):
-    return pack.nodes.curve_image
+    return pack.nodes.images.curves
 
 
 def pixels(tensor) -> np.ndarray:

@@ -97,7 +97,7 @@ def test_clip_and_dynamic_model_patches_follow_the_protocol(case, pack, sd15, lo
     model, clip, _ = sd15
     written = write(model, clip, loras, CASES.index(case))
     dynamic = as_dynamic(model.clone())
-    out_model, out_clip, report = pack.nodes.loader.LoomLoraLoader.execute(
+    out_model, out_clip, report = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=dynamic, clip=clip, lora_name=written.name, strength_model=sm, strength_clip=sc
     ).result
     assert "unmatched" not in report, report
@@ -112,7 +112,7 @@ def test_fused_qkv_slices_follow_the_protocol(pack, loras):
     """diffusers FLUX names land on row slices of the fused ``qkv`` / ``linear1`` weights (an offset per patch)."""
     flux = tiny_flux(0)
     written = lw.flux_diffusers(flux, loras, 0)
-    out = pack.nodes.loader.LoomLoraLoader.execute(
+    out = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=as_dynamic(flux.clone()), clip=None, lora_name=written.name, strength_model=0.9, strength_clip=0
     ).result[0]
     sliced = [k for k, ps in out.patches.items() if any(p[3] is not None for p in ps)]

@@ -8,7 +8,7 @@ ATTN = (".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight")
 
 
 def loom(pack, model, strength, lora=SD15_LORA):
-    node = pack.nodes.loader.LoomLoraLoader
+    node = pack.nodes.load.loader.LoomLoraLoader
     return node.execute(model=model, clip=None, lora_name=lora, strength_model=strength, strength_clip=0).result[0]
 
 
@@ -82,7 +82,7 @@ def test_chained_loaders_share_one_injection_and_add_up(pack, model):
 
 
 def test_model_only_load_reports_clip_modules_as_not_connected(pack, model):
-    report = pack.nodes.loader.LoomLoraLoader.execute(
+    report = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=model, clip=None, lora_name=SD15_LORA, strength_model=1.0, strength_clip=1.0
     ).result[2]
     assert (
@@ -118,7 +118,7 @@ def test_partial_match_warns_once_with_blocks_and_first_unmatched(pack, model, t
     folder_paths.add_model_folder_path("loras", str(tmp_path))
     with caplog.at_level("WARNING", logger="lora_loom"):
         loom(pack, model, 1.0, lora="partial.safetensors")
-        out = pack.nodes.loader.LoomLoraLoader.execute(
+        out = pack.nodes.load.loader.LoomLoraLoader.execute(
             model=model, clip=None, lora_name="partial.safetensors", strength_model=1.0, strength_clip=0
         ).result[2]
     assert "1 unmatched (first: lora_unet_down_blocks_2_attentions_0_proj_in)" in out
@@ -131,7 +131,8 @@ def test_cached_key_matches_die_with_their_parsed_file(pack, model):
     import gc
 
     import folder_paths
-    from lora_loom.lora_math import formats, io
+    from lora_loom.lora_math import formats
+    from lora_loom.lora_math.formats import io
 
     patching = pack.nodes.comfy_bridge
     tensors, metadata = io.load_state_dict(folder_paths.get_full_path("loras", SD15_LORA))

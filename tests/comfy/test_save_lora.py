@@ -48,8 +48,8 @@ def loras_dir(tmp_path):
 
 
 def trained_lora(pack, model, seed: int = 0, **kw):
-    """A TrainedLoRA with random non-zero factors on every attention projection of the model (ΔW RMS = 0.1 W RMS)."""
-    result = importlib.import_module(f"{pack.__name__}.lora_math.train.result")
+    """A LoomLoRA with random non-zero factors on every attention projection of the model (ΔW RMS = 0.1 W RMS)."""
+    result = importlib.import_module(f"{pack.__name__}.lora_math.save.result")
     state = model.model.state_dict()
     gen = torch.Generator().manual_seed(seed)
     modules = {}
@@ -63,14 +63,14 @@ def trained_lora(pack, model, seed: int = 0, **kw):
     base = {"sha256": "ab" * 32, "name": "loom-tiny-sd15.safetensors", "model_keys": list(state)}
     dataset = {"num_images": 10, "images_sha256": "cd" * 32, "trigger": "zxq cube", "tag_frequency": {"zxq cube": 10}}
     settings = {"rank": RANK, "alpha": ALPHA, "learning_rate": 1e-4, "steps": 20, "seed": 0, "resolution": 64}
-    return result.TrainedLoRA(
+    return result.LoomLoRA(
         modules, ALPHA, RANK, "sd15", settings, {**dataset, **kw.pop("dataset", {})}, {**base, **kw.pop("base", {})},
         step=20, **kw,
     )  # fmt: skip
 
 
 def save(pack, lora, prefix="loom/zxq_cube", scope="a red cube for product shots", **kw):
-    node = pack.nodes.save_lora.LoomSaveLora
+    node = pack.nodes.files.save_lora.LoomSaveLora
     return node.execute(lora=lora, filename_prefix=prefix, scope=scope, **kw)
 
 
@@ -127,7 +127,7 @@ def test_saved_lora_loads_in_core_and_loom_with_the_trained_weights(pack, sd15, 
     assert len(core_model.patches) == 56
 
     # (b) core == Loom's own loader == W + scale · up @ down
-    loom_model, _, report = pack.nodes.loader.LoomLoraLoader.execute(
+    loom_model, _, report = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=model, clip=None, lora_name=rel, strength_model=1.0, strength_clip=1.0
     ).result
     assert report == f"{rel}: 56/56 modules matched, 56 weights patched"
@@ -155,7 +155,7 @@ def test_utility_lora_with_a_unet_and_a_clip_module_loads_in_core(pack, sd15, lo
     import comfy.sd
     import comfy.utils
 
-    result = importlib.import_module(f"{pack.__name__}.lora_math.train.result")
+    result = importlib.import_module(f"{pack.__name__}.lora_math.save.result")
     model, clip, _ = sd15
     unet_state, clip_state = model.model.state_dict(), clip.patcher.model.state_dict()
     unet_key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
@@ -166,7 +166,7 @@ def test_utility_lora_with_a_unet_and_a_clip_module_loads_in_core(pack, sd15, lo
     for (key, w), rank in zip(originals.items(), (4, 2), strict=True):
         modules[key] = (torch.randn(rank, w.shape[1], generator=gen), torch.randn(w.shape[0], rank, generator=gen))
     sources = tuple({"name": f"{n}.safetensors", "strength_model": 0.5, "role": "lora"} for n in ("a", "b", "c"))
-    lora = result.TrainedLoRA(
+    lora = result.LoomLoRA(
         modules, 8.0, 4, "sd15", base={"name": "loom-tiny-sd15.safetensors", "model_keys": list(unet_state)},
         module_alpha={unet_key: 8.0, clip_key: 0.5}, operation="merge", sources=sources, notes={"modules": 2},
     )  # fmt: skip
@@ -249,7 +249,7 @@ def test_metadata_and_inspect_cli(pack, sd15, loras_dir):
 
 
 def test_resume_state_round_trips_through_the_node(pack, sd15, loras_dir):
-    export = importlib.import_module(f"{pack.__name__}.lora_math.train.export")
+    export = importlib.import_module(f"{pack.__name__}.lora_math.save.export")
     model, _, _ = sd15
     lora = trained_lora(pack, model)
     save(pack, lora, prefix="r")
@@ -285,7 +285,7 @@ def test_refuses_to_overwrite_unless_asked(pack, sd15, loras_dir):
     ],
 )
 def test_bad_filename_prefix_is_refused_naming_it(pack, sd15, loras_dir, bad, message):
-    node = pack.nodes.save_lora.LoomSaveLora
+    node = pack.nodes.files.save_lora.LoomSaveLora
     assert re.search(f"filename_prefix: .*{message}", node.validate_inputs(filename_prefix=bad))
     model, _, _ = sd15
     with pytest.raises(ValueError, match=f"filename_prefix: .*{message}"):
@@ -294,11 +294,11 @@ def test_bad_filename_prefix_is_refused_naming_it(pack, sd15, loras_dir, bad, me
 
 
 def test_prefix_forms(pack):
-    rel = pack.nodes.save_lora.relative_name
+    rel = pack.nodes.files.save_lora.relative_name
     assert rel("loom/my_lora") == "loom/my_lora.safetensors"
     assert rel(" loom\\sub\\x.safetensors ") == "loom/sub/x.safetensors"
     assert rel("./x") == "x.safetensors"
-    assert pack.nodes.save_lora.LoomSaveLora.validate_inputs(filename_prefix="ok", save_dtype="fp16") is True
+    assert pack.nodes.files.save_lora.LoomSaveLora.validate_inputs(filename_prefix="ok", save_dtype="fp16") is True
 
 
 def test_missing_model_keys_and_wrong_input_are_clear_errors(pack, sd15, loras_dir):
@@ -317,7 +317,7 @@ def test_missing_model_keys_and_wrong_input_are_clear_errors(pack, sd15, loras_d
 
 
 def test_schema(pack):
-    node = pack.nodes.save_lora.LoomSaveLora
+    node = pack.nodes.files.save_lora.LoomSaveLora
     schema = node.define_schema()
     assert node in pack.nodes.NODES
     assert schema.display_name == "Loom Save LoRA" and schema.category == "loom/train" and schema.is_output_node

@@ -91,13 +91,14 @@ def record_model_calls(diffusion_model):
 
 def merged_forward(pack, model, call, strengths: dict[str, float]):
     """The plain model (no bypass) with ``W + s·ΔW`` merged for each LoRA at its strength, on a recorded call."""
-    from lora_loom.lora_math import adapters, keymap
+    from lora_loom.lora_math import adapters
+    from lora_loom.lora_math.names import keymap
 
     keys = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
     originals = {}
     try:
         for name, strength in strengths.items():
-            for p in keymap.match(pack.nodes.lora_files.load(name, "lora_name"), keys).patches:
+            for p in keymap.match(pack.nodes.files.lora_files.load(name, "lora_name"), keys).patches:
                 weight = comfy.utils.get_attr(model.model, p.key)
                 originals.setdefault(p.key, weight.detach().clone())
                 weight.data.copy_(adapters.merged_weight(weight.detach(), p.adapter, strength))

@@ -16,7 +16,7 @@ WEB_TEXT = REPO / "web" / "loom_schedule_text.js"
 
 @pytest.fixture(scope="module")
 def node(pack):
-    return pack.nodes.schedule_node.LoomLoraSchedule
+    return pack.nodes.schedule.make_schedule.LoomLoraSchedule
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_preview_is_an_image_tensor(node):
 )
 def test_preview_curve_is_where_the_schedule_says(pack, node, sched, text, progress, strength):
     """The curve's pixels in the column of ``progress`` sit at the row of the schedule's strength there."""
-    curve_image = pack.nodes.curve_image
+    curve_image = pack.nodes.images.curves
     image = pixels(run(node, schedule=text, preview_steps=1)[1])
     layout = curve_image.Layout(*curve_image.strength_range([sched.parse_schedule(text)]))
     rows = rows_of(image, curve_image.COLORS[0], layout.x_of(progress))
@@ -153,7 +153,7 @@ def test_preview_curve_is_where_the_schedule_says(pack, node, sched, text, progr
 
 
 def test_preview_differs_between_schedules_and_marks_each_step(pack, node):
-    curve_image = pack.nodes.curve_image
+    curve_image = pack.nodes.images.curves
     low, high = (pixels(run(node, schedule=t, preview_steps=4)[1]) for t in ("0.2", "0.9"))
     assert np.abs(low.astype(int) - high.astype(int)).sum(axis=-1).astype(bool).sum() > 500
     layout = curve_image.Layout(*curve_image.strength_range([pack.lora_math.schedule.parse_schedule("0.2")]))
@@ -166,7 +166,7 @@ def test_preview_differs_between_schedules_and_marks_each_step(pack, node):
 
 
 def test_block_preview_draws_one_curve_per_entry(pack, node, sched):
-    curve_image = pack.nodes.curve_image
+    curve_image = pack.nodes.images.curves
     value, image, _ = run(node, schedule="0.5", blocks="IN: 0 | OUT: 1.5", preview_steps=1)
     image = pixels(image)
     layout = curve_image.Layout(*curve_image.strength_range([s for _, s in value.entries] + [value.default]))
@@ -188,7 +188,7 @@ def test_schema_is_valid_and_registered(pack, node):
     assert list(node.RETURN_TYPES) == ["LORA_SCHEDULE", "IMAGE", "STRING"]
     assert list(node.RETURN_NAMES) == ["LORA_SCHEDULE", "preview", "text"]
     preset = next(i for i in schema.inputs if i.id == "preset")
-    assert list(preset.options) == list(pack.nodes.schedule_node.PRESETS)
+    assert list(preset.options) == list(pack.nodes.schedule.make_schedule.PRESETS)
 
 
 # --- the web editor's text form (web/loom_schedule_text.js) ---------------------------------------------------------
@@ -197,7 +197,7 @@ def test_schema_is_valid_and_registered(pack, node):
 def test_web_preset_table_matches_the_node(pack):
     table = re.search(r"export const PRESET_TEXT = (\{.*?\});", WEB_TEXT.read_text(), re.S)
     assert table, "PRESET_TEXT not found in web/loom_schedule_text.js"
-    module = pack.nodes.schedule_node
+    module = pack.nodes.schedule.make_schedule
     expected = {name: module.preset_schedule(name).to_text() for name in module.PRESETS if name != "custom"}
     assert json.loads(table.group(1)) == expected
 

@@ -9,7 +9,7 @@ SD15_LORA_B = "loom-tiny-sd15-lora-b.safetensors"
 
 
 def stack(pack, model, clip, rows, lora_stack=None):
-    node = pack.nodes.stack.LoomLoraStack
+    node = pack.nodes.load.stack.LoomLoraStack
     return node.execute(model=model, clip=clip, rows=json.dumps(rows), lora_stack=lora_stack).result
 
 
@@ -35,7 +35,7 @@ def test_rows_mix_static_and_scheduled_loras(pack, sd15):
 
 
 def test_validation_names_the_rows_schedule(pack):
-    node = pack.nodes.stack.LoomLoraStack
+    node = pack.nodes.load.stack.LoomLoraStack
     bad = [{"name": SD15_LORA}, {"name": SD15_LORA, "schedule": "0:1, 1.5:0"}]
     message = node.validate_inputs(rows=json.dumps(bad))
     assert message.startswith("rows: row 2 schedule: entry 2 '1.5:0' (at character 6)"), message
@@ -50,7 +50,7 @@ def test_loader_takes_a_schedule(pack, sd15):
     from lora_loom.lora_math.schedule import parse_schedule
 
     model = sd15[0]
-    node = pack.nodes.loader.LoomLoraLoader
+    node = pack.nodes.load.loader.LoomLoraLoader
     sched = parse_schedule("0:1, 1:0")
     out, _, report = node.execute(
         model=model, clip=None, lora_name=SD15_LORA, strength_model=0.5, strength_clip=0, schedule=sched
@@ -65,7 +65,7 @@ def test_schedule_lora_node_attaches_to_the_named_entry(pack, sd15):
     from lora_loom.lora_math.schedule import parse_schedule
 
     model, clip, _ = sd15
-    node = pack.nodes.schedule_stack.LoomScheduleLora
+    node = pack.nodes.schedule.schedule_lora.LoomScheduleLora
     incoming = [(SD15_LORA, 0.7, 0.7), (SD15_LORA_B, 1.0, 1.0)]  # as Efficiency / Comfyroll stackers write it
     (out,) = node.execute(lora_stack=incoming, lora_name=SD15_LORA_B, schedule=parse_schedule("@0:0 hold, @3:1")).result
     assert [tuple(e) for e in out] == [(SD15_LORA, 0.7, 0.7), (SD15_LORA_B, 1.0, 1.0)]

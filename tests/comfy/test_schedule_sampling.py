@@ -42,7 +42,7 @@ def sample(model, steps=6, sampler="euler", scheduler="normal", seed=3, positive
 def spec(pack, name, schedule=None, strength=1.0, block_weight=None):
     from lora_loom.lora_math.schedule import parse_schedule
 
-    parsed = pack.nodes.lora_files.load(name, "lora_name")
+    parsed = pack.nodes.files.lora_files.load(name, "lora_name")
     sched = parse_schedule(schedule) if isinstance(schedule, str) else schedule
     return pack.nodes.comfy_bridge.LoraSpec(name, parsed, strength, 0.0, block_weight, schedule=sched)
 
@@ -57,12 +57,13 @@ def reference(pack, model, static=(), scheduled=(), run_sampler=None):
     static: [(name, strength)]; scheduled: [(name, Schedule, strength)]; run_sampler: ``(model, **kw) -> latent``
     (default :func:`sample` on the SD1.5 latent).
     """
-    from lora_loom.lora_math import adapters, keymap
+    from lora_loom.lora_math import adapters
+    from lora_loom.lora_math.names import keymap
 
     keys = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
 
     def patches(name):
-        return keymap.match(pack.nodes.lora_files.load(name, "lora_name"), keys).patches
+        return keymap.match(pack.nodes.files.lora_files.load(name, "lora_name"), keys).patches
 
     originals = {}
 
@@ -155,9 +156,9 @@ def test_block_schedules_and_non_lowrank_adapters(pack, model):
     patched = loom(pack, model, spec(pack, SD15_LOHA, blocks))
     out = sample(patched)
     # reference: each block's schedule applied to its keys only, LoHa merged per step
-    parsed = pack.nodes.lora_files.load(SD15_LOHA, "lora_name")
-    from lora_loom.lora_math import blocks as blocks_mod
-    from lora_loom.lora_math import keymap
+    parsed = pack.nodes.files.lora_files.load(SD15_LOHA, "lora_name")
+    from lora_loom.lora_math.names import blocks as blocks_mod
+    from lora_loom.lora_math.names import keymap
 
     keys = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
     groups = {}

@@ -17,11 +17,13 @@ def rows(*entries) -> str:
 
 
 def run(pack, model, clip, rows_json="[]", lora_stack=None):
-    return pack.nodes.stack.LoomLoraStack.execute(model=model, clip=clip, rows=rows_json, lora_stack=lora_stack).result
+    return pack.nodes.load.stack.LoomLoraStack.execute(
+        model=model, clip=clip, rows=rows_json, lora_stack=lora_stack
+    ).result
 
 
 def loader(pack, model, clip, strength_model, strength_clip):
-    out = pack.nodes.loader.LoomLoraLoader.execute(
+    out = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=model, clip=clip, lora_name=SD15_LORA, strength_model=strength_model, strength_clip=strength_clip
     )
     return out.result
@@ -106,18 +108,18 @@ def test_block_weight_scales_match_strength(pack, sd15):
 def test_off_rows_are_never_opened(pack, sd15, monkeypatch):
     model, _, _ = sd15
     opened = []
-    real_load = pack.nodes.lora_files.load
+    real_load = pack.nodes.files.lora_files.load
 
     def spy(name, *args, **kwargs):
         opened.append(name)
         return real_load(name, *args, **kwargs)
 
-    monkeypatch.setattr(pack.nodes.lora_files, "load", spy)
+    monkeypatch.setattr(pack.nodes.files.lora_files, "load", spy)
     text = rows(
         {"name": "does-not-exist.safetensors", "on": False, "blocks": "not even valid"},
         {"name": SD15_LORA, "model": 0.7},
     )
-    assert pack.nodes.stack.LoomLoraStack.validate_inputs(rows=text) is True
+    assert pack.nodes.load.stack.LoomLoraStack.validate_inputs(rows=text) is True
     new_model, _, stack, report = run(pack, model, None, text)
     assert opened == [SD15_LORA]
     assert stack == [(SD15_LORA, 0.7, 0.7)] and report.startswith(f"1. {SD15_LORA} (model 0.7, clip 0.7)")
@@ -203,7 +205,7 @@ def test_incoming_stack_comes_first(pack, sd15):
 )
 def test_bad_rows_fail_validation_and_execution_naming_rows(pack, sd15, text, message):
     model, clip, _ = sd15
-    error = pack.nodes.stack.LoomLoraStack.validate_inputs(rows=text)
+    error = pack.nodes.load.stack.LoomLoraStack.validate_inputs(rows=text)
     assert isinstance(error, str) and message in error
     with pytest.raises(ValueError) as err:
         run(pack, model, clip, text)
@@ -211,13 +213,13 @@ def test_bad_rows_fail_validation_and_execution_naming_rows(pack, sd15, text, me
 
 
 def test_linked_rows_are_checked_when_the_node_runs(pack):
-    assert pack.nodes.stack.LoomLoraStack.validate_inputs(rows=None) is True
+    assert pack.nodes.load.stack.LoomLoraStack.validate_inputs(rows=None) is True
 
 
 def test_wrong_architecture_vector_names_the_row_and_lengths(pack, sd15):
     model, clip, _ = sd15
     text = rows({"name": SD15_LORA, "blocks": ",".join(["1"] * 12)})
-    assert pack.nodes.stack.LoomLoraStack.validate_inputs(rows=text) is True  # the model is not known yet
+    assert pack.nodes.load.stack.LoomLoraStack.validate_inputs(rows=text) is True  # the model is not known yet
     with pytest.raises(ValueError, match=r"^rows: row 1 blocks: 12 values is the SDXL-12 block layout.*give 17 "):
         run(pack, model, clip, text)
 
@@ -256,11 +258,11 @@ def test_block_warnings_are_reported_and_logged_once(pack, sd15, caplog):
 def test_lora_for_another_model_names_the_row(pack, sd15, tmp_path, monkeypatch):
     """patching reports a file that matches nothing; the stack says which row it is."""
     model, clip, _ = sd15
-    parsed = pack.nodes.lora_files.load(SD15_LORA)
+    parsed = pack.nodes.files.lora_files.load(SD15_LORA)
     other = type(parsed)(parsed.format, {"lora_unet_nowhere_to_q": next(iter(parsed.modules.values()))}, {})
-    real_load = pack.nodes.lora_files.load
+    real_load = pack.nodes.files.lora_files.load
     monkeypatch.setattr(
-        pack.nodes.lora_files,
+        pack.nodes.files.lora_files,
         "load",
         lambda name, where="lora_name": other if name == "x.safetensors" else real_load(name, where),
     )
@@ -270,7 +272,7 @@ def test_lora_for_another_model_names_the_row(pack, sd15, tmp_path, monkeypatch)
 
 def test_schema_is_valid_and_registered(pack):
     """What ComfyUI checks when it loads the pack: unique ids, the outputs' socket names and types."""
-    node = pack.nodes.stack.LoomLoraStack
+    node = pack.nodes.load.stack.LoomLoraStack
     schema = node.GET_SCHEMA()
     assert node in pack.nodes.NODES
     assert [i.id for i in schema.inputs] == ["model", "clip", "rows", "lora_stack"]

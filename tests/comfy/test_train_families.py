@@ -112,7 +112,7 @@ def standin(name: str, seed: int = 0, **overrides):
 
 @pytest.fixture(scope="module")
 def training(pack):
-    return importlib.import_module("lora_loom.nodes.training")
+    return importlib.import_module("lora_loom.nodes.train.engine")
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +314,7 @@ def run_node(pack, name: str, patcher, vae=None, clip=None, **over):
     kw.update(over)
     listed = {k: [v] for k, v in kw.items()} | {"images": [concept_image(g)[None] for _ in range(3)]}
     with torch.inference_mode():  # as ComfyUI runs nodes
-        return pack.nodes.train.LoomTrainLora.execute(**listed).result
+        return pack.nodes.train.train_lora.LoomTrainLora.execute(**listed).result
 
 
 @pytest.fixture(scope="module", params=["flux2", "z_image"])
@@ -327,7 +327,7 @@ def saved(request, pack, models, default_loras):
     original = {k: v.detach().clone() for k, v in patcher.model.state_dict().items()}
     model, lora, _, report = run_node(pack, name, patcher, gradient_checkpointing=name == "z_image")
     assert report.startswith(f"trained 3 steps (3 in all), rank 4 on {COUNTS[ARCH[name]][0]} {ARCH[name]} layers")
-    rel, _ = pack.nodes.save_lora.LoomSaveLora.execute(
+    rel, _ = pack.nodes.files.save_lora.LoomSaveLora.execute(
         lora=lora, filename_prefix=f"family/{name}", scope="issue 13", save_dtype="fp32"
     ).result
     yield name, patcher, original, model, lora, default_loras / rel

@@ -5,7 +5,7 @@ random position, size and tint. Class images ("a photo of a shape"): grey, noise
 measure is taken on *held-out* images (drawn from the same generators, never trained on), against the untrained model:
 
 - held-out denoising loss: fixed noise, a fixed grid of schedule positions, through ``model.model.apply_model`` and the
-  engine's own objective (``lora_math.train.objective.denoising_loss``, as ``nodes/training.py`` trains on), with the
+  engine's own objective (``lora_math.train.objective.denoising_loss``, as ``nodes/train/engine.py`` trains on), with the
   trained LoRA merged into a clone by ComfyUI core's own LoRA weight adapter (``W + alpha/rank · up @ down``);
 - prior preservation (class images + class prompt, prior_weight 1): the held-out class loss stays within a margin;
 - generation: ComfyUI's sampler (``comfy.sample.sample``, same noise and seed, trained vs untrained), measured in
@@ -203,7 +203,7 @@ def learn(training, model, clip, vae, settings, sample_kw: dict, all_generations
 
 @pytest.fixture(scope="module")
 def training(pack):
-    return importlib.import_module("lora_loom.nodes.training")
+    return importlib.import_module("lora_loom.nodes.train.engine")
 
 
 # --- SD1.5-class ---------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ STEPS = 4
 
 @pytest.fixture(scope="module")
 def train_mod(pack):
-    return importlib.import_module("lora_loom.nodes.train")
+    return importlib.import_module("lora_loom.nodes.train.train_lora")
 
 
 def images(n=3, size=(64, 64), seed=0):
@@ -117,7 +117,7 @@ def test_interrupt_keeps_the_lora_so_far(train_mod, sd15, monkeypatch):
 def test_save_then_resume_continues_the_run(train_mod, sd15, tmp_path):
     import folder_paths
 
-    save = importlib.import_module("lora_loom.nodes.save_lora").LoomSaveLora
+    save = importlib.import_module("lora_loom.nodes.files.save_lora").LoomSaveLora
     folder = tmp_path / "loras"
     folder.mkdir()
     folder_paths.add_model_folder_path("loras", str(folder), is_default=True)

@@ -5,4 +5,4 @@ def merge_module():
     from comfy_env import load_pack
 
     pack = load_pack()
-    return pack.lora_math.merge, pack.lora_math.adapters.LoRA
+    return pack.lora_math.weights.inplace, pack.lora_math.adapters.LoRA

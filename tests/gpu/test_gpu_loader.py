@@ -10,7 +10,7 @@ def test_loader_patches_on_gpu_and_restores(pack):
 
     ckpt = folder_paths.get_full_path("checkpoints", "loom-tiny-sd15.safetensors")
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(ckpt)
-    out = pack.nodes.loader.LoomLoraLoader.execute(
+    out = pack.nodes.load.loader.LoomLoraLoader.execute(
         model=model, clip=clip, lora_name="loom-tiny-sd15-lora.safetensors", strength_model=1.0, strength_clip=1.0
     )
     patched = out.result[0]
@@ -33,7 +33,7 @@ def test_strength_change_on_gpu_updates_resident_weights_and_restores(pack):
 
     ckpt = folder_paths.get_full_path("checkpoints", "loom-tiny-sd15.safetensors")
     model = comfy.sd.load_checkpoint_guess_config(ckpt)[0]
-    loader = pack.nodes.loader.LoomLoraLoader
+    loader = pack.nodes.load.loader.LoomLoraLoader
     lora = "loom-tiny-sd15-lora.safetensors"
 
     def loom(s):

@@ -1,4 +1,4 @@
-"""lora_math.lowrank on CUDA: factored and randomized SVDs give the CPU's fp64 optimum on full-size layer shapes."""
+"""lora_math.lowrank.delta on CUDA: factored and randomized SVDs give the CPU's fp64 optimum on full-size layer shapes."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ import torch
 def lowrank_module():
     from comfy_env import load_pack
 
-    return load_pack().lora_math.lowrank
+    return load_pack().lora_math.lowrank.delta
 
 
 @pytest.mark.parametrize("shape", [(1280, 1280), (1280, 2048), (640, 640)])

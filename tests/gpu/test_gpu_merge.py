@@ -1,4 +1,4 @@
-"""lora_math.merge on CUDA: the graph-replayed strength update equals the eager pass."""
+"""lora_math.weights.inplace on CUDA: the graph-replayed strength update equals the eager pass."""
 
 import torch
 from lora_math_import import merge_module

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from lora_math.adapters import Full, LoHa, LoKr, LoRA, bypass_forward, merged_bias, merged_weight
 from lora_math.errors import LoraFormatError, LoraShapeError
-from lora_math.io import load_state_dict
+from lora_math.formats.io import load_state_dict
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # bypass and merge round differently (merge rounds W + sΔW to the dtype once; bypass rounds base_out and the delta

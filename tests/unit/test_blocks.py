@@ -1,6 +1,6 @@
-"""lora_math.blocks: block ids of ComfyUI keys, the LBW vector layouts, presets, the explicit form, errors, warnings.
+"""lora_math.names.blocks: block ids of ComfyUI keys, the LBW vector layouts, presets, the explicit form, errors, warnings.
 
-The layouts are checked against ComfyUI's own full-size key tables (lora_math/keytables), the presets against the
+The layouts are checked against ComfyUI's own full-size key tables (lora_math/names/keytables), the presets against the
 vectors the Inspire Pack publishes in resources/lbw-preset.txt (SD-*, SDXL-*, FLUX-DBL-*).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from lora_math.blocks import (
+from lora_math.names.blocks import (
     LAYOUTS,
     PRESETS,
     arch_of,
@@ -17,7 +17,7 @@ from lora_math.blocks import (
     parse_block_weights,
     present_blocks,
 )
-from lora_math.keytables import load_keytable
+from lora_math.names.keytables import load_keytable
 
 pytestmark = pytest.mark.unit
 
@@ -76,7 +76,7 @@ def _attention(arch: str) -> list[str]:
 
 
 def _ordered(ids) -> list[str]:
-    from lora_math.blocks import sort_key
+    from lora_math.names.blocks import sort_key
 
     return sorted(ids, key=sort_key)
 

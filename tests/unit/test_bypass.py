@@ -1,11 +1,11 @@
-"""lora_math.bypass: a bank's layer outputs equal the merged layer, for every coefficient setting (bypass == merged)."""
+"""lora_math.weights.bypass: a bank's layer outputs equal the merged layer, for every coefficient setting (bypass == merged)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lora_math.adapters import LoHa, LoRA, merged_weight
-from lora_math.bypass import BypassBank, BypassLayer, BypassTerm
+from lora_math.weights.bypass import BypassBank, BypassLayer, BypassTerm
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 3e-2}
 

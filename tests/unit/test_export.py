@@ -14,11 +14,13 @@ from fixtures_path import FIXTURES, needs_fixtures
 from safetensors import safe_open
 
 from lora_math.formats import parse
-from lora_math.io import load_state_dict
-from lora_math.keymap import guess_base_model, match
-from lora_math.keytables import load_keytable
+from lora_math.formats.io import load_state_dict
+from lora_math.names.keymap import guess_base_model, match
+from lora_math.names.keytables import load_keytable
 from lora_math.report import trigger_words
-from lora_math.train import LoraFactors, TrainedLoRA, export
+from lora_math.save import export
+from lora_math.save.result import LoomLoRA
+from lora_math.train import LoraFactors
 
 REPO = Path(__file__).resolve().parents[2]
 ATTN = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.weight$")
@@ -231,7 +233,7 @@ def _factors(shape: tuple[int, ...], rank: int, gen: torch.Generator) -> tuple[t
     return down, up
 
 
-def _lora(keys_shapes: dict[str, tuple[int, ...]], rank=4, alpha=2.0, arch="sd15", seed=0, **kw) -> TrainedLoRA:
+def _lora(keys_shapes: dict[str, tuple[int, ...]], rank=4, alpha=2.0, arch="sd15", seed=0, **kw) -> LoomLoRA:
     gen = torch.Generator().manual_seed(seed)
     modules = {k: _factors(s, rank, gen) for k, s in keys_shapes.items()}
     base = {"sha256": "ab" * 32, "name": "tiny.safetensors", **kw.pop("base", {})}
@@ -245,7 +247,7 @@ def _lora(keys_shapes: dict[str, tuple[int, ...]], rank=4, alpha=2.0, arch="sd15
     settings = {"rank": rank, "alpha": alpha, "learning_rate": 1e-4, "lr_schedule": "cosine", "steps": 30, "seed": 3}
     settings |= {"optimizer": "adamw", "resolution": 512, "batch_size": 1, "target": "attention"}
     settings |= kw.pop("settings", {})
-    return TrainedLoRA(modules, alpha, rank, arch, settings, dataset, base, **{"step": 30, **kw})
+    return LoomLoRA(modules, alpha, rank, arch, settings, dataset, base, **{"step": 30, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -373,18 +375,18 @@ SOURCES = (
 )
 
 
-def _utility(keys_shapes, ranks, alphas, operation="merge", arch="sd15", seed=0, **kw) -> TrainedLoRA:
+def _utility(keys_shapes, ranks, alphas, operation="merge", arch="sd15", seed=0, **kw) -> LoomLoRA:
     """A utility's result: module ``i`` has rank ``ranks[i]`` and alpha ``alphas[i]``, no training settings."""
     gen = torch.Generator().manual_seed(seed)
     modules = {k: _factors(s, r, gen) for (k, s), r in zip(keys_shapes.items(), ranks, strict=True)}
     module_alpha = dict(zip(keys_shapes, alphas, strict=True))
     base = {"name": "tiny.safetensors", **kw.pop("base", {})}
-    return TrainedLoRA(
+    return LoomLoRA(
         modules, alphas[0], max(ranks), arch, base=base, module_alpha=module_alpha, operation=operation, **kw
     )
 
 
-def _want_delta(lora: TrainedLoRA, key: str) -> torch.Tensor:
+def _want_delta(lora: LoomLoRA, key: str) -> torch.Tensor:
     down, up = lora.modules[key]
     return (lora.scale_of(key) * up.flatten(1).double() @ down.flatten(1).double()).reshape(
         up.shape[0], *down.shape[1:]
@@ -658,7 +660,7 @@ def test_adamw_resumed_from_the_saved_state_continues_exactly(tmp_path):
     opt, sched = _make_optimizer(factors, 0)
     _steps(factors, opt, sched, targets, 0, 3)
 
-    lora = TrainedLoRA(
+    lora = LoomLoRA(
         factors.snapshot(),
         1.0,
         2,
@@ -696,7 +698,7 @@ def test_adamw_resumed_from_the_saved_state_continues_exactly(tmp_path):
 
 def test_resume_state_without_optimizer_and_wrong_order_is_refused(tmp_path):
     factors = LoraFactors(SHAPES, rank=2, alpha=1.0)
-    lora = TrainedLoRA(factors.snapshot(), 1.0, 2, "flux")
+    lora = LoomLoRA(factors.snapshot(), 1.0, 2, "flux")
     path = export.save(tmp_path / "n.safetensors", lora, export.kohya_names(SHAPES, "flux"), "", "n")
     assert export.load_resume_state(export.state_path(path)).optimizer_state is None
 
@@ -704,7 +706,7 @@ def test_resume_state_without_optimizer_and_wrong_order_is_refused(tmp_path):
     opt = torch.optim.AdamW(params, lr=1e-3)
     sum((p**2).sum() for p in params).backward()
     opt.step()
-    lora = TrainedLoRA(factors.snapshot(), 1.0, 2, "flux", optimizer_state=opt.state_dict())
+    lora = LoomLoRA(factors.snapshot(), 1.0, 2, "flux", optimizer_state=opt.state_dict())
     with pytest.raises(ValueError, match="LoraFactors.parameters"):
         export.save(tmp_path / "w.safetensors", lora, export.kohya_names(SHAPES, "flux"), "", "w")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n.loom-state", "n.safetensors"]

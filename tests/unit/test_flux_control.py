@@ -15,14 +15,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lora_math import merge
 from lora_math.__main__ import main
 from lora_math.adapters import Full, LoRA, Replace, bypass_forward, merged_weight
 from lora_math.errors import LoraShapeError
-from lora_math.families import from_file
 from lora_math.formats import parse
-from lora_math.keymap import match
-from lora_math.keytables import load_keytable
+from lora_math.names.families import from_file
+from lora_math.names.keymap import match
+from lora_math.names.keytables import load_keytable
+from lora_math.weights import inplace as merge
 
 pytestmark = pytest.mark.unit
 

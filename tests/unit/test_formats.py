@@ -480,7 +480,7 @@ def test_keylists_parse(name, fmt, modules, rank):
     ],
 )
 def test_real_files_parse(file, fmt, modules, kind, alpha):
-    from lora_math.io import load_state_dict
+    from lora_math.formats.io import load_state_dict
 
     sd, meta = load_state_dict(FIXTURES / "real_loras" / f"{file}.safetensors")
     p = parse(sd, meta)
@@ -491,7 +491,7 @@ def test_real_files_parse(file, fmt, modules, kind, alpha):
 
 @needs_fixtures
 def test_real_cloneofsimo_file_refused():
-    from lora_math.io import load_state_dict
+    from lora_math.formats.io import load_state_dict
 
     sd, meta = load_state_dict(FIXTURES / "real_loras" / "analog_svd_rank4.safetensors")
     with pytest.raises(LoraFormatError, match="cloneofsimo"):

@@ -1,4 +1,4 @@
-"""lora_math.header: the header-metadata view inspect, Loom LoRA Info and the info panel share, on every writer's keys."""
+"""lora_math.formats.header: the header-metadata view inspect, Loom LoRA Info and the info panel share, on every writer's keys."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import writer_headers as wh
 from fixtures_path import REAL_LORAS, needs_fixtures
 
-from lora_math.header import MAX_VALUE_CHARS, TOP_TAGS_SHOWN, header_view, trigger_words, writer
-from lora_math.io import load_state_dict
+from lora_math.formats.header import MAX_VALUE_CHARS, TOP_TAGS_SHOWN, header_view, trigger_words, writer
+from lora_math.formats.io import load_state_dict
 
 pytestmark = pytest.mark.unit
 

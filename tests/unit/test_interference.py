@@ -1,10 +1,10 @@
-"""lora_math.interference on synthetic stacks whose overlap is known by construction."""
+"""lora_math.lowrank.interference on synthetic stacks whose overlap is known by construction."""
 
 import pytest
 import torch
 
-from lora_math.interference import ReportBuilder, block_of
-from lora_math.lowrank import Delta
+from lora_math.lowrank.delta import Delta
+from lora_math.lowrank.interference import ReportBuilder, block_of
 
 
 def rand(*shape, seed):

@@ -1,4 +1,4 @@
-"""lora_math.io.load_state_dict: real files load; pickles, truncated/corrupt files and NaN/Inf are refused clearly."""
+"""lora_math.formats.io.load_state_dict: real files load; pickles, truncated/corrupt files and NaN/Inf are refused clearly."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fixtures_path import REAL_LORAS, needs_fixtures  # noqa: E402
 from safetensors.torch import save_file
 
 from lora_math.errors import LoraFileError
-from lora_math.io import load_state_dict, read_header
+from lora_math.formats.io import load_state_dict, read_header
 
 REAL_FILES = sorted(REAL_LORAS.glob("*.safetensors"))
 

@@ -1,6 +1,6 @@
-"""lora_math.keymap.match / guess_base_model against the full-size key tables, thinned layouts and the fixtures.
+"""lora_math.names.keymap.match / guess_base_model against the full-size key tables, thinned layouts and the fixtures.
 
-The key tables (lora_math/keytables) are ComfyUI's own SD1.5 / SDXL / FLUX.1 key names and shapes, so a module that
+The key tables (lora_math/names/keytables) are ComfyUI's own SD1.5 / SDXL / FLUX.1 key names and shapes, so a module that
 maps here maps on a real ComfyUI model. Full-size key lists are parsed as ``meta`` tensors (shapes only).
 """
 
@@ -15,8 +15,8 @@ import torch
 from lora_math.adapters import Full, LoKr, LoRA
 from lora_math.errors import LoraShapeError
 from lora_math.formats import ParsedLoRA, parse
-from lora_math.keymap import Patch, alias_table, guess_base_model, match
-from lora_math.keytables import ARCHES, load_keytable
+from lora_math.names.keymap import Patch, alias_table, guess_base_model, match
+from lora_math.names.keytables import ARCHES, load_keytable
 
 pytestmark = pytest.mark.unit
 
@@ -117,7 +117,7 @@ def test_alias_table_is_cached_per_key_set():
     ],
 )
 def test_real_files_full_coverage_on_sd15(file, components):
-    from lora_math.io import load_state_dict
+    from lora_math.formats.io import load_state_dict
 
     sd, meta = load_state_dict(FIXTURES / "real_loras" / f"{file}.safetensors")
     p = parse(sd, meta)
@@ -131,7 +131,7 @@ def test_real_files_full_coverage_on_sd15(file, components):
 
 @needs_fixtures
 def test_smart_falcon_conv_and_text_encoder_targets():
-    from lora_math.io import load_state_dict
+    from lora_math.formats.io import load_state_dict
 
     sd, meta = load_state_dict(FIXTURES / "real_loras" / "smart_falcon_4_lokr.safetensors")
     km = match(parse(sd, meta), load_keytable("sd15"))
@@ -144,7 +144,7 @@ def test_smart_falcon_conv_and_text_encoder_targets():
 
 @needs_fixtures
 def test_old_processor_to_out_lands_on_to_out_0():
-    from lora_math.io import load_state_dict
+    from lora_math.formats.io import load_state_dict
 
     sd, meta = load_state_dict(FIXTURES / "real_loras" / "catundchat_sd15_weapons.safetensors")
     km = match(parse(sd, meta), load_keytable("sd15"))

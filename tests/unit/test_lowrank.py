@@ -1,4 +1,4 @@
-"""lora_math.lowrank: factor-space inner products and SVDs against dense references computed with a full SVD."""
+"""lora_math.lowrank.delta: factor-space inner products and SVDs against dense references computed with a full SVD."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lora_math.adapters import LoHa, LoRA, merged_weight
-from lora_math.lowrank import Delta, RankRule, adapter_delta, compress, exact, inner, sq_norm, svd
+from lora_math.lowrank.delta import Delta, RankRule, adapter_delta, compress, exact, inner, sq_norm, svd
 
 
 def rand(*shape, seed):

@@ -1,10 +1,10 @@
-"""lora_math.merge: in-place incremental merges equal the fp32 reference, within one rounding per update."""
+"""lora_math.weights.inplace: in-place incremental merges equal the fp32 reference, within one rounding per update."""
 
 import pytest
 import torch
 
 from lora_math.adapters import Full, LoHa, LoRA, merged_weight
-from lora_math.merge import FactorCache, Term, is_additive, is_low_rank, terms_delta, update_weight
+from lora_math.weights.inplace import FactorCache, Term, is_additive, is_low_rank, terms_delta, update_weight
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
@@ -90,7 +90,7 @@ def test_factor_cache_uploads_once_per_device_and_dtype():
 
 
 def test_program_applies_strength_deltas_like_update_weight():
-    from lora_math.merge import MergeProgram
+    from lora_math.weights.inplace import MergeProgram
 
     w0 = {"a": rand(12, 8, seed=30), "b": rand(6, 8, seed=31)}
     la, lb, lq = lora(12, 8, seed=32), lora(6, 8, r=2, seed=33), lora(4, 8, seed=34)

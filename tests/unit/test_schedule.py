@@ -1,7 +1,7 @@
 """lora_math.schedule: the schedule text form, interpolation, step values, plateaus, presets, per-block schedules.
 
 Values are checked at points worked out by hand; errors must name the input, the entry, its character position and
-the token, as lora_math.blocks does.
+the token, as lora_math.names.blocks does.
 """
 
 from __future__ import annotations

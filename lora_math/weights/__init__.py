@@ -1,0 +1,1 @@
+"""Updating model weights with adapters: merged in place (static LoRAs) or as side paths on layer outputs (scheduled)."""

@@ -1,0 +1,1 @@
+"""IMAGE outputs drawn by the nodes: strength curves, loss charts and per-block heat maps."""

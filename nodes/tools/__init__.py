@@ -1,0 +1,1 @@
+"""Tools over LoRAs and stacks: interference, balance, merge, resize, convert and extract."""

@@ -1,0 +1,336 @@
+"""Loom Train LoRA: train a LoRA on the MODEL already in the graph, from images and captions in the graph."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+
+import comfy.model_management
+import comfy.sample
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ...lora_math import formats
+from ...lora_math.save import export as export_mod
+from ...lora_math.train import LoomLoRA
+from ...lora_math.train.lr import LR_SCHEDULES
+from .. import comfy_bridge
+from ..files import lora_files
+from ..images import curves
+from . import engine
+
+log = logging.getLogger("lora_loom")
+OPTIMIZERS = ("adamw",)
+
+
+def _first(value, default=None):
+    """The node takes lists (images of any size arrive as a list); scalar inputs are their first item."""
+    if isinstance(value, list):
+        return value[0] if value else default
+    return default if value is None else value
+
+
+def _images(batches, name: str) -> list[torch.Tensor]:
+    out = []
+    for batch in batches or []:
+        if batch is None:
+            continue
+        for image in batch if batch.ndim == 4 else [batch]:
+            if image.shape[0] == 0 or image.shape[1] == 0:
+                raise ValueError(f"{name}: image {len(out) + 1} has zero size ({tuple(image.shape[:2])})")
+            out.append(image)
+    return out
+
+
+def captions_for(text: str, count: int, trigger: str, name: str = "captions") -> list[str]:
+    """One caption per image: one line per image, or one line (a template) for all; ``{trigger}`` substituted."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        lines = ["{trigger}" if trigger else ""]
+    if len(lines) == 1:
+        lines = lines * count
+    elif len(lines) != count:
+        raise ValueError(
+            f"{name}: {len(lines)} lines for {count} images; give one caption per image (one per line) or a single "
+            "line used for all"
+        )
+    return [line.replace("{trigger}", trigger) for line in lines]
+
+
+def _tag_frequency(captions: list[str]) -> dict[str, int]:
+    return dict(Counter(tag.strip() for c in captions for tag in c.split(",") if tag.strip()))
+
+
+def _dataset_hash(images: list[torch.Tensor], captions: list[str]) -> str:
+    h = hashlib.sha256()
+    for image, caption in zip(images, captions, strict=True):
+        h.update(image.float().cpu().numpy().tobytes())
+        h.update(caption.encode())
+    return h.hexdigest()
+
+
+_base_hashes: dict = {}
+
+
+def base_model_sha256(model) -> str:
+    """sha256 over the diffusion model's weights as loaded (names, shapes, bytes), once per model object."""
+    key = id(model.model)
+    if key not in _base_hashes:
+        h = hashlib.sha256()
+        for name, tensor in sorted(model.model.diffusion_model.state_dict().items()):
+            h.update(name.encode())
+            h.update(str(tuple(tensor.shape)).encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        _base_hashes[key] = h.hexdigest()
+    return _base_hashes[key]
+
+
+def apply_trained(model, lora: LoomLoRA):
+    """The trained LoRA on the model through the loader's own patch path (same file as Save LoRA writes)."""
+    keys = list(model.model.state_dict())
+    names = export_mod.kohya_names(list(lora.modules), lora.arch, keys)
+    state = export_mod.to_state_dict(lora, names, dtype=torch.float32)
+    parsed = formats.parse(state, {})
+    new_model, _, reports = comfy_bridge.apply_stack(
+        model, None, [comfy_bridge.LoraSpec("trained LoRA", parsed, 1.0, 0.0)]
+    )
+    return new_model, reports[0]
+
+
+class LoomTrainLora(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoomTrainLora",
+            display_name="Loom Train LoRA",
+            category="loom/train",
+            is_input_list=True,
+            description=(
+                "Train a LoRA on the attention layers of the MODEL in the graph, from images and captions, on the GPU. "
+                "Outputs the model with the LoRA applied, the LoRA (save it with Loom Save LoRA) and the loss curve. "
+                "Interrupting keeps the LoRA so far."
+            ),
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                io.Vae.Input("vae"),
+                io.Image.Input("images", tooltip="Training images, any sizes (a list of images, or batches)."),
+                io.String.Input(
+                    "captions",
+                    multiline=True,
+                    default="a photo of {trigger}",
+                    tooltip="One caption per image (one per line), or one line for all; {trigger} becomes the trigger.",
+                ),
+                io.String.Input("trigger", default="loomtok", tooltip="The trigger word the LoRA learns."),
+                io.Int.Input("rank", default=16, min=1, max=256),
+                io.Float.Input("alpha", default=16.0, min=0.01, max=1024.0, step=0.01),
+                io.Combo.Input("target", options=list(engine.TARGETS), default="attention"),
+                io.Int.Input("steps", default=500, min=1, max=100000),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6),
+                io.Combo.Input("lr_schedule", options=list(LR_SCHEDULES), default="constant"),
+                io.Int.Input("warmup_steps", default=0, min=0, max=100000),
+                io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw"),
+                io.Int.Input("batch_size", default=1, min=1, max=64),
+                io.Int.Input("resolution", default=512, min=64, max=4096, step=64),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True),
+                io.Float.Input("caption_dropout", default=0.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("noise_offset", default=0.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("min_snr_gamma", default=5.0, min=0.0, max=100.0, step=0.1, tooltip="0 turns it off."),
+                io.Boolean.Input("gradient_checkpointing", default=False),
+                io.Int.Input("preview_every", default=0, min=0, max=100000, tooltip="0: no previews."),
+                io.Image.Input("class_images", optional=True, tooltip="Prior preservation (DreamBooth) images."),
+                io.String.Input("class_prompt", optional=True, default="", tooltip="Caption of the class images."),
+                io.Float.Input("prior_weight", optional=True, default=1.0, min=0.0, max=10.0, step=0.05),
+                io.Combo.Input(
+                    "resume_from",
+                    optional=True,
+                    options=["none", *lora_files.lora_names()],
+                    default="none",
+                    tooltip="Continue a LoRA saved by Loom Save LoRA (with its optimizer state).",
+                ),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The model with the trained LoRA applied."),
+                io.Custom("LOOM_LORA").Output("lora", display_name="lora", tooltip="Save it with Loom Save LoRA."),
+                io.Image.Output("loss_curve", display_name="loss_curve"),
+                io.String.Output("report", display_name="report"),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, resume_from: list | str | None = None) -> bool | str:
+        name = _first(resume_from, "none")
+        return True if name in (None, "none") else lora_files.validate(name, "resume_from")
+
+    @classmethod
+    def execute(cls, **kw) -> io.NodeOutput:
+        model, clip, vae = _first(kw["model"]), _first(kw["clip"]), _first(kw["vae"])
+        images = _images(kw.get("images"), "images")
+        if not images:
+            raise ValueError("images: no images connected; give the trainer at least one image")
+        trigger = _first(kw.get("trigger"), "")
+        captions = captions_for(_first(kw.get("captions"), ""), len(images), trigger)
+        settings = engine.Settings(
+            **{
+                k: _first(kw[k])
+                for k in (
+                    "rank",
+                    "alpha",
+                    "target",
+                    "steps",
+                    "learning_rate",
+                    "lr_schedule",
+                    "warmup_steps",
+                    "optimizer",
+                    "batch_size",
+                    "resolution",
+                    "seed",
+                    "caption_dropout",
+                    "noise_offset",
+                    "min_snr_gamma",
+                    "gradient_checkpointing",
+                    "preview_every",
+                )
+                if k in kw
+            },
+            prior_weight=_first(kw.get("prior_weight"), 1.0),
+        )
+        if settings.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: {settings.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        arch, prediction = engine.family(model.model)
+        class_images = _images(kw.get("class_images"), "class_images")
+        class_prompt = _first(kw.get("class_prompt"), "") or ""
+        if class_images and not class_prompt.strip():
+            raise ValueError("class_prompt: class images need a caption (e.g. 'a photo of a dog')")
+        resume = _resume(_first(kw.get("resume_from"), "none"))
+        t0 = time.perf_counter()
+        with torch.inference_mode(False):
+            comfy.model_management.load_models_gpu([model], force_full_load=True)
+            items = engine.prepare(images, captions, model, clip, vae, settings.resolution, arch)
+            class_items = engine.prepare(
+                class_images, [class_prompt] * len(class_images), model, clip, vae, settings.resolution, arch
+            )
+            if settings.caption_dropout > 0:
+                engine.caption_variants(items, model.model, clip, True)
+        prep_s = time.perf_counter() - t0
+        progress = _Progress(settings, model, clip, vae, items[0], captions[0])
+        run = engine.Run(model, items, class_items, settings, arch, prediction, resume, on_step=progress.step)
+        t1 = time.perf_counter()
+        started_at = time.time()
+        try:
+            lora = engine.train(run)
+        except torch.OutOfMemoryError as e:
+            raise ValueError(
+                "batch_size/resolution: out of GPU memory while training; lower batch_size or resolution, or turn on "
+                f"gradient_checkpointing ({e})"
+            ) from None
+        train_s = time.perf_counter() - t1
+        lora.settings = {**lora.settings, "started_at": started_at, "finished_at": time.time()}
+        lora.dataset = {
+            "num_images": len(images),
+            "images_sha256": _dataset_hash(images, captions),
+            "tag_frequency": _tag_frequency(captions),
+            "trigger": trigger,
+            "class_prompt": class_prompt,
+            "num_class_images": len(class_images),
+            "resolution": settings.resolution,
+        }
+        lora.base = {
+            "sha256": base_model_sha256(model),
+            "model_keys": list(model.model.state_dict()),
+            "arch": arch,
+            "prediction": prediction,  # modelspec.prediction_type for ε/v models (flow models have none)
+        }
+        new_model, report = apply_trained(model, lora)
+        done = lora.step - (resume.step if resume is not None else 0)
+        layers = len(engine.target_modules(model.model, arch, settings.target))
+        state = "interrupted after" if lora.interrupted else "trained"
+        final = f"final loss {lora.loss_history[-1]:.4f}" if lora.loss_history else "no loss yet"
+        text = (
+            f"{state} {done} steps ({lora.step} in all), rank {settings.rank} on {layers} {arch} layers, "
+            f"{len(images)} images; {final}; {train_s / max(done, 1):.3f} s/step, data {prep_s:.1f} s; "
+            + report.summary()
+        )
+        log.info("[LoRA Loom] %s", text)
+        return io.NodeOutput(new_model, lora, curves.loss_image(lora.loss_history), text)
+
+
+def _resume(name: str) -> LoomLoRA | None:
+    if not name or name == "none":
+        return None
+    path = lora_files.resolve(name, "resume_from")
+    try:
+        return export_mod.load_trained(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(
+            f"resume_from: cannot resume {name!r}: {e}; only LoRAs saved by Loom Save LoRA (with the "
+            f"{export_mod.STATE_SUFFIX} file beside them) can be resumed"
+        ) from None
+
+
+class _Progress:
+    """ComfyUI's progress bar with the loss as text, and a preview image every N steps through the sampler."""
+
+    def __init__(self, settings: engine.Settings, model, clip, vae, item, caption: str) -> None:
+        self.settings, self.model, self.clip, self.vae, self.item, self.caption = (
+            settings,
+            model,
+            clip,
+            vae,
+            item,
+            caption,
+        )
+        self.bar = comfy.utils.ProgressBar(settings.steps)
+        self.node_id = None
+        try:
+            from comfy_execution.utils import get_executing_context
+
+            context = get_executing_context()
+            self.node_id = context.node_id if context is not None else None
+        except ImportError:  # older ComfyUI: progress bar only
+            pass
+
+    def step(self, step: int, loss: float, factors) -> None:
+        preview = None
+        every = self.settings.preview_every
+        if every and (step % every == 0 or step == self.settings.steps):
+            preview = self._preview()
+        self.bar.update_absolute(step, self.settings.steps, preview)
+        if self.node_id is not None:
+            try:
+                from server import PromptServer
+
+                PromptServer.instance.send_progress_text(
+                    f"step {step}/{self.settings.steps}  loss {loss:.4f}", self.node_id
+                )
+            except (ImportError, AttributeError):
+                pass
+
+    @torch.no_grad()
+    def _preview(self):
+        """One image from the current LoRA (still attached to the layers), with the first caption."""
+        latent = torch.zeros_like(self.item.latent)
+        cross, extra = engine.encode_text(self.clip, self.caption)
+        empty, empty_extra = engine.encode_text(self.clip, "")
+        cfg = 1.0 if engine.distilled_guidance(self.model.model) else 4.0  # distilled guidance: no CFG
+        noise = comfy.sample.prepare_noise(latent, self.settings.seed)
+        out = comfy.sample.sample(
+            self.model,
+            noise,
+            12,
+            cfg,
+            "euler",
+            "simple",
+            [[cross, dict(extra)]],
+            [[empty, dict(empty_extra)]],
+            latent,
+            disable_pbar=True,
+            seed=self.settings.seed,
+        )
+        image = self.vae.decode(out)[0].clamp(0, 1)
+        from PIL import Image
+
+        return ("JPEG", Image.fromarray((image.cpu().numpy() * 255).astype("uint8")), 512)
