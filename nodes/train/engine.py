@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ...lora_math.names import families
-from ...lora_math.train import LoraFactors, LoomLoRA
+from ...lora_math.train import LoomLoRA, LoraFactors
 from ...lora_math.train import buckets as buckets_mod
 from ...lora_math.train import lr as lr_mod
 from ...lora_math.train.factors import lora_delta
