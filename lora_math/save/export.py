@@ -321,16 +321,21 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
 
 
-def _tag_frequency(dataset: Mapping[str, Any]) -> dict[str, int]:
-    """``dataset['tag_frequency']``, else counted from ``dataset['captions']`` the way kohya does (comma tags)."""
-    given = dataset.get("tag_frequency")
-    if isinstance(given, Mapping):
-        return {str(k): int(v) for k, v in given.items()}
+def tag_frequency(captions: Iterable[str]) -> dict[str, int]:
+    """How many captions carry each comma-separated tag, counted the way kohya does: once per caption."""
     counts: dict[str, int] = {}
-    for caption in dataset.get("captions") or ():
+    for caption in captions:
         for tag in {t.strip() for t in str(caption).split(",")} - {""}:
             counts[tag] = counts.get(tag, 0) + 1
     return counts
+
+
+def _tag_frequency(dataset: Mapping[str, Any]) -> dict[str, int]:
+    """``dataset['tag_frequency']``, else counted from ``dataset['captions']``."""
+    given = dataset.get("tag_frequency")
+    if isinstance(given, Mapping):
+        return {str(k): int(v) for k, v in given.items()}
+    return tag_frequency(dataset.get("captions") or ())
 
 
 def _timestamp(value: Any) -> float | None:

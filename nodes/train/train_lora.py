@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import Counter
 
 import comfy.model_management
 import comfy.sample
@@ -58,10 +57,6 @@ def captions_for(text: str, count: int, trigger: str, name: str = "captions") ->
             "line used for all"
         )
     return [line.replace("{trigger}", trigger) for line in lines]
-
-
-def _tag_frequency(captions: list[str]) -> dict[str, int]:
-    return dict(Counter(tag.strip() for c in captions for tag in c.split(",") if tag.strip()))
 
 
 def _dataset_hash(images: list[torch.Tensor], captions: list[str]) -> str:
@@ -232,7 +227,7 @@ class LoomTrainLora(io.ComfyNode):
         lora.dataset = {
             "num_images": len(images),
             "images_sha256": _dataset_hash(images, captions),
-            "tag_frequency": _tag_frequency(captions),
+            "tag_frequency": export_mod.tag_frequency(captions),
             "trigger": trigger,
             "class_prompt": class_prompt,
             "num_class_images": len(class_images),
