@@ -93,7 +93,7 @@ def test_out_of_memory_is_a_clear_error(train_mod, sd15, monkeypatch):
     def oom(run):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(train_mod.training, "train", oom)
+    monkeypatch.setattr(train_mod.engine, "train", oom)
     with pytest.raises(ValueError, match=r"^batch_size/resolution: out of GPU memory while training"):
         run(train_mod, sd15)
 
