@@ -15,7 +15,8 @@ from typing import Any
 from .errors import LoraFormatError
 from .formats import ParsedLoRA
 from .formats.header import MAX_VALUE_CHARS, HeaderView, decode_value, header_view, trigger_words, writer
-from .names.keymap import diagnose, guess_base_model, match, split_role
+from .names.families import from_file
+from .names.keymap import diagnose, match, split_role
 from .names.keytables import ARCHES, load_keytable
 
 __all__ = [
@@ -89,7 +90,7 @@ def file_report(parsed: ParsedLoRA, arch: str = "auto") -> dict[str, Any]:
     arch ``auto``: the base model guessed from the file; with no key table for it, coverage fields are None and
     ``note`` says how to choose one.
     """
-    base = guess_base_model(parsed)
+    base = from_file(parsed)
     table_arch = base if arch == "auto" else arch
     rank, alpha = rank_alpha(parsed)
     report: dict[str, Any] = {

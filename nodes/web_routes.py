@@ -35,7 +35,7 @@ import os
 import sys
 
 from ..lora_math import report
-from ..lora_math.names import keymap
+from ..lora_math.names import families
 from .files import lora_files
 from .load.info import rank_alpha_text
 from .load.stack import check_name
@@ -88,7 +88,7 @@ def lora_info(name: str | None) -> dict:
     return {
         "name": name,
         "format": parsed.format,
-        "base_model": keymap.guess_base_model(parsed),
+        "base_model": families.from_file(parsed),
         "rank": rank,
         "alpha": alpha,
         "rank_alpha": rank_alpha_text(parsed),

@@ -1,7 +1,8 @@
 """Plain LoRA, LoCon (conv) and Tucker LoRA (``lora_mid``): ΔW = scale * up @ down, scale = alpha / rank.
 
 Trio: :func:`diff_weight` (unscaled ΔW), :meth:`LoRA.delta_weight` (scaled, fitted to the weight) and :func:`bypass`
-(``up(mid(down(x)))`` without materialising ΔW). Merging lives in ``apply.merged_weight``.
+(``up(mid(down(x)))`` without materialising ΔW). Merging lives in ``apply.merged_weight``. :func:`low_rank` is
+the one linear low-rank forward: loaded LoRAs in bypass, the scheduled bank and the trainer's side paths all run it.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import LoraShapeError
 from .ops import ConvArgs, layer_op
 from .shapes import coerce_alpha, fit_delta, fmt_shape, fp32, require_tensor, summarise
 
-__all__ = ["LoRA", "bypass", "diff_weight"]
+__all__ = ["LoRA", "bypass", "diff_weight", "low_rank"]
 
 
 def diff_weight(
@@ -34,6 +36,28 @@ def diff_weight(
         return (up2 @ down2).reshape(up.shape[0], *down.shape[1:])
     # ΔW[o, i, ...] = Σ_mn up[o, m] · mid[m, n, ...] · down[n, i]
     return torch.einsum("m n ..., o m, n i -> o i ...", fp32(mid, device), up2, down2)
+
+
+def low_rank(x: Tensor, down: Tensor, up: Tensor, scale: float = 1.0, out: Tensor | None = None) -> Tensor:
+    """``scale · up (down x)`` for a linear layer (``x [..., in]``, down ``[r, in]``, up ``[out, r]``), in x's dtype.
+
+    The scale goes on the rank-r hidden, the smallest tensor on the path. Under autocast the factors are left as
+    they are (autocast picks the dtype; the trainer's fp32 masters must keep their gradients). With ``out`` (the
+    base layer's output) the update is added to it: in place, as one ``addmm``, when ``out`` is contiguous and of
+    x's dtype (what a linear layer returns), else out of place.
+    """
+    if torch.is_autocast_enabled():
+        down, up = down.to(x.device), up.to(x.device)
+    else:
+        down, up = down.to(device=x.device, dtype=x.dtype), up.to(device=x.device, dtype=x.dtype)
+    hidden = F.linear(x, down)
+    if out is None:
+        return F.linear(hidden * scale if scale != 1.0 else hidden, up)
+    if out.dtype == hidden.dtype and out.is_contiguous():
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        out.view(-1, out.shape[-1]).addmm_(flat, up.t(), alpha=scale)
+        return out
+    return out + F.linear(hidden * scale if scale != 1.0 else hidden, up).to(out.dtype)
 
 
 def bypass(
@@ -53,12 +77,11 @@ def bypass(
     """
     if conv is not None and conv.groups != 1:
         raise ValueError("lora.bypass: grouped convs need the materialised ΔW path (apply.bypass_forward does that)")
+    if conv is None:
+        return low_rank(x, lora.down.flatten(1), lora.up.flatten(1), multiplier)
     down = lora.down.to(device=x.device, dtype=x.dtype)
     up = lora.up.to(device=x.device, dtype=x.dtype)
     rank = lora.rank
-    if conv is None:
-        hidden = layer_op(x, down.flatten(1), None)
-        return layer_op(hidden * multiplier, up.flatten(1), None)
     pointwise = [1] * conv.nd
     c_in = x.shape[-(conv.nd + 1)]
     if lora.mid is None:

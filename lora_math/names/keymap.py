@@ -38,7 +38,6 @@ __all__ = [
     "Target",
     "alias_table",
     "diagnose",
-    "guess_base_model",
     "match",
 ]
 
@@ -415,12 +414,3 @@ def diagnose(parsed: ParsedLoRA, model_keys: Mapping[str, tuple[int, ...]]) -> s
         f"{len(hits)} would with {why} removed ({before!r} should read {after!r}); the file was renamed or "
         "exported wrongly: re-export it, or rename its keys"
     )
-
-
-# --- base model from the file alone ---------------------------------------------------------------------------------
-
-
-def guess_base_model(parsed: ParsedLoRA) -> str:
-    """The model family a file is for (``lora_math.families``): ``sd15``, ``sdxl``, ``flux``, ``flux2``,
-    ``z_image`` … or ``unknown``, from module names and shapes; kohya / modelspec metadata where they say nothing."""
-    return families.from_file(parsed)

@@ -1,4 +1,4 @@
-"""Trainable LoRA factors (fp32 masters) and the differentiable bypass that runs them on a frozen layer."""
+"""Trainable LoRA factors (fp32 masters); ``adapters.lora.low_rank`` runs them on a frozen layer."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class LoraFactors:
         if rank < 1:
             raise ValueError(f"rank: must be at least 1, got {rank}")
         self.rank, self.alpha = int(rank), float(alpha)
+        self.device = torch.device(device)
         self.down: dict[str, Tensor] = {}
         self.up: dict[str, Tensor] = {}
         generator = torch.Generator().manual_seed(seed)
@@ -70,9 +71,3 @@ class LoraFactors:
             k: (self.down[k].detach().float().cpu().clone(), self.up[k].detach().float().cpu().clone())
             for k in self.down
         }
-
-
-def lora_delta(x: Tensor, down: Tensor, up: Tensor, scale: float) -> Tensor:
-    """``scale · up (down x)`` for a linear layer, in ``x``'s dtype (autocast decides under autocast)."""
-    hidden = torch.nn.functional.linear(x, down.to(x.dtype) if not torch.is_autocast_enabled() else down)
-    return torch.nn.functional.linear(hidden, up.to(hidden.dtype) if not torch.is_autocast_enabled() else up) * scale

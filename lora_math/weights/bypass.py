@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..adapters import Adapter, bypass_delta
+from ..adapters.lora import low_rank
 from .inplace import is_additive, is_low_rank
 
 __all__ = ["BypassBank", "BypassLayer", "BypassTerm"]
@@ -199,12 +200,7 @@ class BypassBank:
         mat = self._materialised(x.device, x.dtype)
         down = mat.down_views[index]
         if down is not None:
-            hidden = torch.nn.functional.linear(x, down)
-            up_t = mat.up_t[index]
-            if out.dtype == x.dtype and out.is_contiguous():
-                out.view(-1, out.shape[-1]).addmm_(hidden.view(-1, hidden.shape[-1]), up_t)
-            else:
-                out = out + torch.matmul(hidden, up_t).to(out.dtype)
+            out = low_rank(x, down, mat.up_t[index].t(), out=out)  # coefficients folded into up_t
         others = mat.others[index]
         if not others:
             return out

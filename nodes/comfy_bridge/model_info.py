@@ -51,7 +51,7 @@ def model_keys(model, clip=None) -> dict[str, tuple[int, ...]]:
 
 def _families(parsed: ParsedLoRA, keys) -> tuple[str, str]:
     """(the file's family, the model's), ``unknown`` where it cannot be told."""
-    return keymap.guess_base_model(parsed), families.from_model_keys(keys)
+    return families.from_file(parsed), families.from_model_keys(keys)
 
 
 def cached_match(name: str, parsed: ParsedLoRA, input_name: str, models: Sequence[ModelInfo]) -> keymap.KeyMatch:

@@ -4,7 +4,7 @@
 The file (``lora_unet_…`` / ``lora_te…`` names, ``.alpha`` per module, ``ss_*`` / ``modelspec.*`` / ``loom_*``
 metadata) loads in ComfyUI's LoraLoader, LoRA Loom's loaders, A1111/Forge and kohya's tools; it lands in the first
 `loras` folder so every loader lists it right away. Beside a trained LoRA, ``<name>.loom-state`` keeps the fp32
-factors and the optimizer state for resuming (utilities' results have none). The work is ``lora_math.train.export``;
+factors and the optimizer state for resuming (utilities' results have none). The work is ``lora_math.save``;
 this node validates the inputs and picks the path.
 """
 
@@ -18,7 +18,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ...lora_math.save import export
+from ...lora_math import save as lora_save
 from ..load.stack import LoraStackEntry
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -62,7 +62,7 @@ def _model_keys(lora) -> list[str] | None:
     if paths:
         out = []
         for p in paths:
-            p = p if p.startswith(export.UNET_PREFIX) else export.UNET_PREFIX + p
+            p = p if p.startswith(lora_save.UNET_PREFIX) else lora_save.UNET_PREFIX + p
             out.append(p if p.endswith((".weight", ".bias")) else p + ".weight")
         return out
     return None
@@ -175,7 +175,7 @@ class LoomSaveLora(io.ComfyNode):
         path = root.joinpath(*rel.split("/"))
 
         keys = _model_keys(lora)
-        unet = any(k.startswith(export.UNET_PREFIX) for k in lora.modules)
+        unet = any(k.startswith(lora_save.UNET_PREFIX) for k in lora.modules)
         if keys is None and unet and lora.arch in ("sd15", "sd2"):
             again = (
                 "train it again with the current Loom Train LoRA"
@@ -186,8 +186,8 @@ class LoomSaveLora(io.ComfyNode):
                 "lora: this LoRA carries no list of the model's weight keys (base['model_keys']), which SD1.x/SD2 "
                 f"names need; {again}"
             )
-        names = export.kohya_names(export.named_keys(lora), lora.arch, keys)
-        export.save(path, lora, names, scope, PurePosixPath(rel).stem, overwrite=overwrite, dtype=DTYPES[save_dtype])
+        names = lora_save.kohya_names(lora_save.named_keys(lora), lora.arch, keys)
+        lora_save.save(path, lora, names, scope, PurePosixPath(rel).stem, overwrite=overwrite, dtype=DTYPES[save_dtype])
         if hasattr(folder_paths, "filename_list_cache"):  # list it at once, even where mtimes are coarse
             folder_paths.filename_list_cache.pop("loras", None)
 
@@ -198,7 +198,7 @@ class LoomSaveLora(io.ComfyNode):
             f"{size / 2**20:.1f} MiB) in {root}"
         )
         if lora.operation == "train":
-            text += f"; resume state: {export.state_path(path).name}"
+            text += f"; resume state: {lora_save.state_path(path).name}"
         else:
             text += f"; {_made_by(lora)}"
         if lora.interrupted:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ...lora_math import report
-from ...lora_math.names import keymap
+from ...lora_math.names import families
 from ...lora_math.names.keytables import ARCHES, load_keytable
 from .. import comfy_bridge
 from ..files import lora_files
@@ -44,7 +44,7 @@ def _first(names: list[str], limit: int = 3) -> str:
 
 def coverage_text(parsed, model=None, clip=None) -> str:
     if model is None and clip is None:
-        base = keymap.guess_base_model(parsed)
+        base = families.from_file(parsed)
         if base not in ARCHES:
             return f"not measured: no key table for base model {base!r}; connect a model to measure against it"
         cov, against = report.coverage(parsed, load_keytable(base)), f"the full-size {base} key table"
@@ -105,7 +105,7 @@ class LoomLoraInfo(io.ComfyNode):
         parsed = lora_files.load(lora_name)  # may raise ValueError naming lora_name
         view = report.header_view(parsed.metadata)
         words = ", ".join(view.trigger_words)
-        base = keymap.guess_base_model(parsed)
+        base = families.from_file(parsed)
         rank_alpha = rank_alpha_text(parsed)
         coverage = coverage_text(parsed, model, clip)
         training = "\n".join(view.lines())

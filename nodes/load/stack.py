@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from ...lora_math.names import blocks, keymap
+from ...lora_math.names import block_weights, blocks, families, keymap
 from ...lora_math.schedule import parse_any_schedule
 from .. import comfy_bridge
 from ..files import lora_files
@@ -198,9 +198,9 @@ def read_lora_stack(stack) -> list[StackItem]:
     return items
 
 
-def _block_weights(item: StackItem, parsed, keys, arch: str) -> blocks.BlockWeights:
+def _block_weights(item: StackItem, parsed, keys, arch: str) -> block_weights.BlockWeights:
     present = blocks.present_blocks(p.key for p in keymap.match(parsed, keys, strict=False).patches)
-    return blocks.parse_block_weights(item.blocks, present, arch, input_name=f"{item.where} blocks")
+    return block_weights.parse_block_weights(item.blocks, present, arch, input_name=f"{item.where} blocks")
 
 
 def parse_item_schedule(item: StackItem):
@@ -226,7 +226,7 @@ def build_specs(model, clip, items: list[StackItem]) -> tuple[list[comfy_bridge.
         if item.blocks.strip():
             if keys is None:
                 keys = comfy_bridge.model_keys(model, clip)
-                arch = blocks.arch_of(keys)
+                arch = families.from_model_keys(keys)
             weights = _block_weights(item, parsed, keys, arch)
             warnings.extend(weights.warnings)
         block_weight = None if weights is None or weights.is_identity else weights
@@ -292,7 +292,7 @@ class LoomLoraStack(io.ComfyNode):
                     continue
                 if item.name not in known:
                     lora_files.resolve(item.name, item.where)  # raises the message naming the folders
-                blocks.parse_block_weights(item.blocks, None, "unknown", input_name=f"{item.where} blocks")
+                block_weights.parse_block_weights(item.blocks, None, "unknown", input_name=f"{item.where} blocks")
                 parse_item_schedule(item)
         except ValueError as e:
             return str(e)

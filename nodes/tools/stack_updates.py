@@ -19,7 +19,7 @@ import torch
 from ...lora_math.adapters import Full
 from ...lora_math.lowrank.delta import Compressed, Delta, adapter_delta
 from ...lora_math.lowrank.interference import block_of
-from ...lora_math.names import families, keymap
+from ...lora_math.names import families
 from ...lora_math.save.result import LoomLoRA
 from ...lora_math.schedule import BlockSchedules
 from .. import comfy_bridge
@@ -52,12 +52,12 @@ def check_one_base(specs: Sequence[comfy_bridge.LoraSpec], input_name: str = "lo
     (``families.group_of``); their shapes are checked against the model anyway."""
     seen: dict[str, comfy_bridge.LoraSpec] = {}
     for spec in specs:
-        guess = keymap.guess_base_model(spec.parsed)
+        guess = families.from_file(spec.parsed)
         if guess == "unknown":
             continue
         other = next(iter(seen.values()), None)
         if seen and families.group_of(guess) not in seen:
-            first = keymap.guess_base_model(other.parsed)
+            first = families.from_file(other.parsed)
             raise ValueError(
                 f"{input_name}: '{spec.name}' is a {guess} LoRA but '{other.name}' is a {first} LoRA; LoRAs for "
                 "different base models cannot be combined: remove one of them from the stack"
@@ -180,7 +180,7 @@ def source_record(spec: comfy_bridge.LoraSpec) -> dict:
         "name": spec.name,
         "sha256": lora_files.sha256(spec.name, spec.input_name),
         "format": spec.parsed.format,
-        "base_model": keymap.guess_base_model(spec.parsed),
+        "base_model": families.from_file(spec.parsed),
         "strength_model": spec.strength_model,
         "strength_clip": spec.strength_clip,
         "blocks": getattr(spec.block_weight, "text", ""),

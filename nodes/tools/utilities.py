@@ -14,9 +14,9 @@ import time
 import torch
 from comfy_api.latest import io, ui
 
+from ...lora_math import save as lora_save
 from ...lora_math.lowrank import delta
 from ...lora_math.lowrank.delta import Delta, RankRule
-from ...lora_math.save import export
 from .. import comfy_bridge
 from ..files import lora_files
 from ..train import engine
@@ -62,11 +62,11 @@ _UNNAMEABLE = "text-encoder updates that kohya LoRA files cannot name (T5, embed
 def _savable(model, updates: stack_updates.StackUpdates) -> list:
     """The weights a kohya file can name for this model; the rest (a T5 encoder's) is noted as left out. Full diffs
     of weights it cannot name are dropped from ``updates.diffs`` the same way."""
-    encoders = export.TEXT_ENCODER_PREFIXES.get(engine.arch_of(model.model), {})
+    encoders = lora_save.TEXT_ENCODER_PREFIXES.get(engine.arch_of(model.model), {})
 
     def nameable(key: str) -> bool:
         return key.startswith(stack_updates.UNET) or (
-            key.split(".", 1)[0] in encoders and export.CLIP_LAYER.search(key)
+            key.split(".", 1)[0] in encoders and lora_save.CLIP_LAYER.search(key)
         )
 
     keep = []
@@ -75,7 +75,7 @@ def _savable(model, updates: stack_updates.StackUpdates) -> list:
             keep.append(w)
         else:
             updates.left_out[_UNNAMEABLE] += 1
-    for key in [k for k in updates.diffs if not nameable(export.layer_key(k))]:
+    for key in [k for k in updates.diffs if not nameable(lora_save.layer_key(k))]:
         del updates.diffs[key]
         updates.left_out[_UNNAMEABLE] += 1
     return keep

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
+import weakref
 
 import comfy.model_management
-import comfy.sample
-import comfy.utils
 import torch
 from comfy_api.latest import io
 
 from ...lora_math import formats
-from ...lora_math.save import export as export_mod
+from ...lora_math import save as lora_save
+from ...lora_math.save import provenance
 from ...lora_math.train import LoomLoRA
+from ...lora_math.train.loop import Settings
 from ...lora_math.train.lr import LR_SCHEDULES
 from .. import comfy_bridge
 from ..files import lora_files
 from ..images import curves
 from . import engine
+from .progress import Progress
 
 log = logging.getLogger("lora_loom")
 OPTIMIZERS = ("adamw",)
@@ -59,40 +60,77 @@ def captions_for(text: str, count: int, trigger: str, name: str = "captions") ->
     return [line.replace("{trigger}", trigger) for line in lines]
 
 
-def _dataset_hash(images: list[torch.Tensor], captions: list[str]) -> str:
-    h = hashlib.sha256()
-    for image, caption in zip(images, captions, strict=True):
-        h.update(image.float().cpu().numpy().tobytes())
-        h.update(caption.encode())
-    return h.hexdigest()
-
-
-_base_hashes: dict = {}
+_base_hashes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # BaseModel -> sha256; dies with the model
 
 
 def base_model_sha256(model) -> str:
-    """sha256 over the diffusion model's weights as loaded (names, shapes, bytes), once per model object."""
-    key = id(model.model)
-    if key not in _base_hashes:
-        h = hashlib.sha256()
-        for name, tensor in sorted(model.model.diffusion_model.state_dict().items()):
-            h.update(name.encode())
-            h.update(str(tuple(tensor.shape)).encode())
-            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        _base_hashes[key] = h.hexdigest()
-    return _base_hashes[key]
+    """sha256 of the diffusion model's weights as loaded, once per model object."""
+    digest = _base_hashes.get(model.model)
+    if digest is None:
+        digest = _base_hashes[model.model] = provenance.weights_sha256(model.model.diffusion_model.state_dict())
+    return digest
 
 
 def apply_trained(model, lora: LoomLoRA):
     """The trained LoRA on the model through the loader's own patch path (same file as Save LoRA writes)."""
     keys = list(model.model.state_dict())
-    names = export_mod.kohya_names(list(lora.modules), lora.arch, keys)
-    state = export_mod.to_state_dict(lora, names, dtype=torch.float32)
+    names = lora_save.kohya_names(list(lora.modules), lora.arch, keys)
+    state = lora_save.to_state_dict(lora, names, dtype=torch.float32)
     parsed = formats.parse(state, {})
     new_model, _, reports = comfy_bridge.apply_stack(
         model, None, [comfy_bridge.LoraSpec("trained LoRA", parsed, 1.0, 0.0)]
     )
     return new_model, reports[0]
+
+
+SETTINGS = (
+    "rank", "alpha", "target", "steps", "learning_rate", "lr_schedule", "warmup_steps", "optimizer", "batch_size",
+    "resolution", "seed", "caption_dropout", "noise_offset", "min_snr_gamma", "gradient_checkpointing", "preview_every",
+)  # fmt: skip
+
+
+def settings_from(kw: dict) -> Settings:
+    """The run's settings from the node's inputs (lists or scalars); ValueError names a bad one."""
+    settings = Settings(
+        **{k: _first(kw[k]) for k in SETTINGS if k in kw}, prior_weight=_first(kw.get("prior_weight"), 1.0)
+    )
+    if settings.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer: {settings.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    return settings
+
+
+def _class_images(kw: dict) -> tuple[list[torch.Tensor], str]:
+    class_images = _images(kw.get("class_images"), "class_images")
+    class_prompt = _first(kw.get("class_prompt"), "") or ""
+    if class_images and not class_prompt.strip():
+        raise ValueError("class_prompt: class images need a caption (e.g. 'a photo of a dog')")
+    return class_images, class_prompt
+
+
+def _prepare(model, clip, vae, images, captions, class_images, class_prompt: str, settings: Settings, arch: str):
+    """(items, class_items): every image encoded once, on the model's device, outside inference mode."""
+    with torch.inference_mode(False):
+        comfy.model_management.load_models_gpu([model], force_full_load=True)
+        items = engine.prepare(images, captions, model, clip, vae, settings.resolution, arch)
+        class_captions = [class_prompt] * len(class_images)
+        class_items = engine.prepare(class_images, class_captions, model, clip, vae, settings.resolution, arch)
+        if settings.caption_dropout > 0:
+            engine.caption_variants(items, model.model, clip, True)
+    return items, class_items
+
+
+def _train(run: engine.Run) -> LoomLoRA:
+    """The engine's run, with its wall-clock times in the settings; running out of memory names what to lower."""
+    started_at = time.time()
+    try:
+        lora = engine.train(run)
+    except torch.OutOfMemoryError as e:
+        raise ValueError(
+            "batch_size/resolution: out of GPU memory while training; lower batch_size or resolution, or turn on "
+            f"gradient_checkpointing ({e})"
+        ) from None
+    lora.settings = {**lora.settings, "started_at": started_at, "finished_at": time.time()}
+    return lora
 
 
 class LoomTrainLora(io.ComfyNode):
@@ -168,87 +206,24 @@ class LoomTrainLora(io.ComfyNode):
             raise ValueError("images: no images connected; give the trainer at least one image")
         trigger = _first(kw.get("trigger"), "")
         captions = captions_for(_first(kw.get("captions"), ""), len(images), trigger)
-        settings = engine.Settings(
-            **{
-                k: _first(kw[k])
-                for k in (
-                    "rank",
-                    "alpha",
-                    "target",
-                    "steps",
-                    "learning_rate",
-                    "lr_schedule",
-                    "warmup_steps",
-                    "optimizer",
-                    "batch_size",
-                    "resolution",
-                    "seed",
-                    "caption_dropout",
-                    "noise_offset",
-                    "min_snr_gamma",
-                    "gradient_checkpointing",
-                    "preview_every",
-                )
-                if k in kw
-            },
-            prior_weight=_first(kw.get("prior_weight"), 1.0),
-        )
-        if settings.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: {settings.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        settings = settings_from(kw)
         arch, prediction = engine.family(model.model)
-        class_images = _images(kw.get("class_images"), "class_images")
-        class_prompt = _first(kw.get("class_prompt"), "") or ""
-        if class_images and not class_prompt.strip():
-            raise ValueError("class_prompt: class images need a caption (e.g. 'a photo of a dog')")
+        class_images, class_prompt = _class_images(kw)
         resume = _resume(_first(kw.get("resume_from"), "none"))
         t0 = time.perf_counter()
-        with torch.inference_mode(False):
-            comfy.model_management.load_models_gpu([model], force_full_load=True)
-            items = engine.prepare(images, captions, model, clip, vae, settings.resolution, arch)
-            class_items = engine.prepare(
-                class_images, [class_prompt] * len(class_images), model, clip, vae, settings.resolution, arch
-            )
-            if settings.caption_dropout > 0:
-                engine.caption_variants(items, model.model, clip, True)
-        prep_s = time.perf_counter() - t0
-        progress = _Progress(settings, model, clip, vae, items[0], captions[0])
-        run = engine.Run(model, items, class_items, settings, arch, prediction, resume, on_step=progress.step)
-        t1 = time.perf_counter()
-        started_at = time.time()
-        try:
-            lora = engine.train(run)
-        except torch.OutOfMemoryError as e:
-            raise ValueError(
-                "batch_size/resolution: out of GPU memory while training; lower batch_size or resolution, or turn on "
-                f"gradient_checkpointing ({e})"
-            ) from None
+        items, class_items = _prepare(model, clip, vae, images, captions, class_images, class_prompt, settings, arch)
+        prep_s, t1 = time.perf_counter() - t0, time.perf_counter()
+        progress = Progress(settings, model, clip, vae, items[0], captions[0])
+        lora = _train(engine.Run(model, items, class_items, settings, arch, prediction, resume, on_step=progress.step))
         train_s = time.perf_counter() - t1
-        lora.settings = {**lora.settings, "started_at": started_at, "finished_at": time.time()}
-        lora.dataset = {
-            "num_images": len(images),
-            "images_sha256": _dataset_hash(images, captions),
-            "tag_frequency": export_mod.tag_frequency(captions),
-            "trigger": trigger,
-            "class_prompt": class_prompt,
-            "num_class_images": len(class_images),
-            "resolution": settings.resolution,
-        }
-        lora.base = {
-            "sha256": base_model_sha256(model),
-            "model_keys": list(model.model.state_dict()),
-            "arch": arch,
-            "prediction": prediction,  # modelspec.prediction_type for ε/v models (flow models have none)
-        }
+        lora.dataset = provenance.dataset_record(
+            images, captions, trigger=trigger, class_prompt=class_prompt, num_class_images=len(class_images),
+            resolution=settings.resolution,
+        )  # fmt: skip
+        lora.base = provenance.base_record(base_model_sha256(model), model.model.state_dict(), arch, prediction)
         new_model, report = apply_trained(model, lora)
-        done = lora.step - (resume.step if resume is not None else 0)
         layers = len(engine.target_modules(model.model, arch, settings.target))
-        state = "interrupted after" if lora.interrupted else "trained"
-        final = f"final loss {lora.loss_history[-1]:.4f}" if lora.loss_history else "no loss yet"
-        text = (
-            f"{state} {done} steps ({lora.step} in all), rank {settings.rank} on {layers} {arch} layers, "
-            f"{len(images)} images; {final}; {train_s / max(done, 1):.3f} s/step, data {prep_s:.1f} s; "
-            + report.summary()
-        )
+        text = provenance.train_report(lora, resume.step if resume else 0, layers, train_s, prep_s) + report.summary()
         log.info("[LoRA Loom] %s", text)
         return io.NodeOutput(new_model, lora, curves.loss_image(lora.loss_history), text)
 
@@ -258,74 +233,9 @@ def _resume(name: str) -> LoomLoRA | None:
         return None
     path = lora_files.resolve(name, "resume_from")
     try:
-        return export_mod.load_trained(path)
+        return lora_save.load_trained(path)
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(
             f"resume_from: cannot resume {name!r}: {e}; only LoRAs saved by Loom Save LoRA (with the "
-            f"{export_mod.STATE_SUFFIX} file beside them) can be resumed"
+            f"{lora_save.STATE_SUFFIX} file beside them) can be resumed"
         ) from None
-
-
-class _Progress:
-    """ComfyUI's progress bar with the loss as text, and a preview image every N steps through the sampler."""
-
-    def __init__(self, settings: engine.Settings, model, clip, vae, item, caption: str) -> None:
-        self.settings, self.model, self.clip, self.vae, self.item, self.caption = (
-            settings,
-            model,
-            clip,
-            vae,
-            item,
-            caption,
-        )
-        self.bar = comfy.utils.ProgressBar(settings.steps)
-        self.node_id = None
-        try:
-            from comfy_execution.utils import get_executing_context
-
-            context = get_executing_context()
-            self.node_id = context.node_id if context is not None else None
-        except ImportError:  # older ComfyUI: progress bar only
-            pass
-
-    def step(self, step: int, loss: float, factors) -> None:
-        preview = None
-        every = self.settings.preview_every
-        if every and (step % every == 0 or step == self.settings.steps):
-            preview = self._preview()
-        self.bar.update_absolute(step, self.settings.steps, preview)
-        if self.node_id is not None:
-            try:
-                from server import PromptServer
-
-                PromptServer.instance.send_progress_text(
-                    f"step {step}/{self.settings.steps}  loss {loss:.4f}", self.node_id
-                )
-            except (ImportError, AttributeError):
-                pass
-
-    @torch.no_grad()
-    def _preview(self):
-        """One image from the current LoRA (still attached to the layers), with the first caption."""
-        latent = torch.zeros_like(self.item.latent)
-        cross, extra = engine.encode_text(self.clip, self.caption)
-        empty, empty_extra = engine.encode_text(self.clip, "")
-        cfg = 1.0 if engine.distilled_guidance(self.model.model) else 4.0  # distilled guidance: no CFG
-        noise = comfy.sample.prepare_noise(latent, self.settings.seed)
-        out = comfy.sample.sample(
-            self.model,
-            noise,
-            12,
-            cfg,
-            "euler",
-            "simple",
-            [[cross, dict(extra)]],
-            [[empty, dict(empty_extra)]],
-            latent,
-            disable_pbar=True,
-            seed=self.settings.seed,
-        )
-        image = self.vae.decode(out)[0].clamp(0, 1)
-        from PIL import Image
-
-        return ("JPEG", Image.fromarray((image.cpu().numpy() * 255).astype("uint8")), 512)

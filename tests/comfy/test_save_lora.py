@@ -249,11 +249,11 @@ def test_metadata_and_inspect_cli(pack, sd15, loras_dir):
 
 
 def test_resume_state_round_trips_through_the_node(pack, sd15, loras_dir):
-    export = importlib.import_module(f"{pack.__name__}.lora_math.save.export")
+    lora_save = importlib.import_module(f"{pack.__name__}.lora_math.save")
     model, _, _ = sd15
     lora = trained_lora(pack, model)
     save(pack, lora, prefix="r")
-    again = export.load_trained(loras_dir / "r.safetensors")
+    again = lora_save.load_trained(loras_dir / "r.safetensors")
     assert list(again.modules) == list(lora.modules)
     assert all(torch.equal(again.modules[k][i], lora.modules[k][i]) for k in lora.modules for i in (0, 1))
     assert "model_keys" not in again.base and again.base["sha256"] == "ab" * 32

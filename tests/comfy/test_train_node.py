@@ -99,14 +99,14 @@ def test_out_of_memory_is_a_clear_error(train_mod, sd15, monkeypatch):
 
 
 def test_interrupt_keeps_the_lora_so_far(train_mod, sd15, monkeypatch):
-    step = train_mod._Progress.step
+    step = train_mod.Progress.step
 
     def press_cancel_after_step_2(self, n, loss, factors):
         step(self, n, loss, factors)
         if n == 2:
             mm.interrupt_current_processing(True)  # what ComfyUI's cancel button does
 
-    monkeypatch.setattr(train_mod._Progress, "step", press_cancel_after_step_2)
+    monkeypatch.setattr(train_mod.Progress, "step", press_cancel_after_step_2)
     model, lora, _, report = run(train_mod, sd15, steps=10)
     assert lora.interrupted and lora.step == 2 and len(lora.loss_history) == 2
     assert report.startswith("interrupted after 2 steps") and model.get_attachment("lora_loom") is not None

@@ -18,7 +18,7 @@ def loom_node_ids() -> set[str]:
     import re
 
     ids = set()
-    for path in (REPO / "nodes").glob("*.py"):
+    for path in (REPO / "nodes").rglob("*.py"):
         ids |= set(re.findall(r'node_id="(Loom\w+)"', path.read_text()))
     return ids
 

@@ -8,15 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from lora_math.names.blocks import (
-    LAYOUTS,
-    PRESETS,
-    arch_of,
-    base_part,
-    block_id,
-    parse_block_weights,
-    present_blocks,
-)
+from lora_math.names.block_weights import PRESETS, parse_block_weights
+from lora_math.names.blocks import LAYOUTS, base_part, block_id, present_blocks
+from lora_math.names.families import from_model_keys as arch_of
 from lora_math.names.keytables import load_keytable
 
 pytestmark = pytest.mark.unit

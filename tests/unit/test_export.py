@@ -13,12 +13,14 @@ import torch
 from fixtures_path import FIXTURES, needs_fixtures
 from safetensors import safe_open
 
+from lora_math import save as lora_save
 from lora_math.formats import parse
 from lora_math.formats.io import load_state_dict
-from lora_math.names.keymap import guess_base_model, match
+from lora_math.names.families import from_file as guess_base_model
+from lora_math.names.keymap import match
 from lora_math.names.keytables import load_keytable
 from lora_math.report import trigger_words
-from lora_math.save import export
+from lora_math.save import write as save_write
 from lora_math.save.result import LoomLoRA
 from lora_math.train import LoraFactors
 
@@ -55,7 +57,7 @@ def test_names_are_the_ones_real_kohya_files_use(arch, fixture):
     """Every UNet module of a real kohya file is the name we give the full-size weight of the same shape."""
     table = load_keytable(arch)
     linear = _unet_linear_keys(table)
-    names = export.kohya_names(linear, arch, table)
+    names = lora_save.kohya_names(linear, arch, table)
     by_name = {n: k for k, n in names.items()}
     assert len(by_name) == len(names), "two weights got one name"
     real = _fixture_modules(fixture)
@@ -78,7 +80,7 @@ def test_sd15_names_spot_checks_full_size():
         "diffusion_model.output_blocks.3.1.transformer_blocks.0.attn2.to_k.weight",
         "diffusion_model.output_blocks.11.1.transformer_blocks.0.attn1.to_q.weight",
     ]
-    assert list(export.kohya_names(keys, "sd15", table).values()) == [
+    assert list(lora_save.kohya_names(keys, "sd15", table).values()) == [
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
         "lora_unet_down_blocks_2_attentions_1_transformer_blocks_0_attn2_to_out_0",
         "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_v",
@@ -105,7 +107,7 @@ THIN_SD15 = (
 
 def test_sd15_names_of_a_thinned_unet_follow_its_own_layout():
     attn = [k for k in THIN_SD15 if ATTN.search(k)]
-    names = export.kohya_names(attn, "sd15", THIN_SD15)
+    names = lora_save.kohya_names(attn, "sd15", THIN_SD15)
     prefix = "lora_unet_{}_transformer_blocks_0_attn1_to_q"
     expected = {
         "input_blocks.1.1": "down_blocks_0_attentions_0",
@@ -125,7 +127,7 @@ def test_sd15_names_of_a_thinned_unet_follow_its_own_layout():
 def test_sd15_names_need_the_full_key_list():
     attn = [k for k in THIN_SD15 if ATTN.search(k)]
     with pytest.raises(ValueError, match=r"full list of weight keys.*base\['model_keys'\]"):
-        export.kohya_names(attn, "sd15")  # without the resnets/downsampler the numbering would be wrong
+        lora_save.kohya_names(attn, "sd15")  # without the resnets/downsampler the numbering would be wrong
 
 
 def test_sgm_bfl_and_mmdit_names_are_the_module_paths():
@@ -139,14 +141,14 @@ def test_sgm_bfl_and_mmdit_names_are_the_module_paths():
         "diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": ("sd3", "lora_unet_joint_blocks_0_x_block_attn_qkv"),
     }
     for key, (arch, name) in keys.items():
-        assert export.kohya_names([key], arch) == {key: name}
+        assert lora_save.kohya_names([key], arch) == {key: name}
 
 
 def test_names_refuse_other_keys_and_arches():
     with pytest.raises(ValueError, match="not a denoiser weight key"):
-        export.kohya_names(["diffusion_model.blocks.0.bias"], "flux")
+        lora_save.kohya_names(["diffusion_model.blocks.0.bias"], "flux")
     with pytest.raises(ValueError, match="arch: 'wan'"):
-        export.kohya_names(["diffusion_model.blocks.0.weight"], "wan")
+        lora_save.kohya_names(["diffusion_model.blocks.0.weight"], "wan")
 
 
 # --- text encoder names ---------------------------------------------------------------------------------------------
@@ -161,14 +163,14 @@ def _clip_keys(table: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
 def test_text_encoder_names_spot_checks():
     q = "transformer.text_model.encoder.layers.{}.self_attn.q_proj.weight"
     fc2 = "transformer.text_model.encoder.layers.{}.mlp.fc2.weight"
-    assert export.kohya_names(["clip_l." + q.format(3), "clip_l." + fc2.format(11)], "sd15") == {
+    assert lora_save.kohya_names(["clip_l." + q.format(3), "clip_l." + fc2.format(11)], "sd15") == {
         "clip_l." + q.format(3): "lora_te_text_model_encoder_layers_3_self_attn_q_proj",
         "clip_l." + fc2.format(11): "lora_te_text_model_encoder_layers_11_mlp_fc2",
     }
-    assert export.kohya_names(["clip_h." + q.format(0)], "sd2") == {
+    assert lora_save.kohya_names(["clip_h." + q.format(0)], "sd2") == {
         "clip_h." + q.format(0): "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
     }
-    assert export.kohya_names(["clip_l." + q.format(0), "clip_g." + fc2.format(31)], "sdxl") == {
+    assert lora_save.kohya_names(["clip_l." + q.format(0), "clip_g." + fc2.format(31)], "sdxl") == {
         "clip_l." + q.format(0): "lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
         "clip_g." + fc2.format(31): "lora_te2_text_model_encoder_layers_31_mlp_fc2",
     }
@@ -182,8 +184,8 @@ def test_text_encoder_names_load_back_onto_the_same_keys(arch, n):
     unet = dict(list(_unet_linear_keys(table).items())[:3])
     assert len(clip) == n
     lora = _lora(clip | unet, rank=1, arch=arch, operation="merge")
-    names = export.kohya_names(lora.modules, arch, table)
-    parsed = parse(export.to_state_dict(lora, names, torch.float32), {})
+    names = lora_save.kohya_names(lora.modules, arch, table)
+    parsed = parse(lora_save.to_state_dict(lora, names, torch.float32), {})
     m = match(parsed, table)
     assert not m.unmatched and len(m.matched) == n + 3
     assert {p.key for p in m.patches} == set(lora.modules)
@@ -197,7 +199,7 @@ def test_text_encoder_names_load_back_onto_the_same_keys(arch, n):
 def test_text_encoder_names_are_the_ones_real_kohya_files_use(arch, fixture):
     doc = json.loads((FIXTURES / "keylists" / fixture).read_text())
     real = {k[: -len(".lora_down.weight")] for k in doc if k.startswith("lora_te") and k.endswith(".lora_down.weight")}
-    assert set(export.kohya_names(_clip_keys(load_keytable(arch)), arch).values()) == real
+    assert set(lora_save.kohya_names(_clip_keys(load_keytable(arch)), arch).values()) == real
 
 
 @pytest.mark.parametrize(
@@ -213,13 +215,13 @@ def test_text_encoder_keys_without_kohya_names_are_refused(key, arch, message):
     with pytest.raises(
         ValueError, match=rf"{re.escape(key)}: .*text-encoder LoRA for {message} cannot be saved in kohya"
     ):
-        export.kohya_names([key], arch)
+        lora_save.kohya_names([key], arch)
 
 
 def test_text_encoder_weights_kohya_does_not_name_are_refused():
     key = "clip_l.transformer.text_model.embeddings.token_embedding.weight"
     with pytest.raises(ValueError, match=rf"{re.escape(key)}: kohya text-encoder names cover only"):
-        export.kohya_names([key], "sd15")
+        lora_save.kohya_names([key], "sd15")
 
 
 # --- a LoRA to save --------------------------------------------------------------------------------------------------
@@ -262,8 +264,8 @@ def sd15_attention() -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, .
 def test_state_dict_is_kohya_lora(sd15_attention):
     attn, table = sd15_attention
     lora = _lora(attn)
-    names = export.kohya_names(attn, "sd15", table)
-    sd = export.to_state_dict(lora, names, torch.bfloat16)
+    names = lora_save.kohya_names(attn, "sd15", table)
+    sd = lora_save.to_state_dict(lora, names, torch.bfloat16)
     assert len(sd) == 3 * 128
     for key, (down, up) in lora.modules.items():
         name = names[key]
@@ -271,22 +273,22 @@ def test_state_dict_is_kohya_lora(sd15_attention):
         assert torch.equal(sd[f"{name}.lora_down.weight"], down.bfloat16())
         assert torch.equal(sd[f"{name}.lora_up.weight"], up.bfloat16())
         assert sd[f"{name}.alpha"].shape == () and sd[f"{name}.alpha"].item() == 2.0
-    exact = export.to_state_dict(lora, names, torch.float32)  # an fp32 file holds the masters bit for bit
+    exact = lora_save.to_state_dict(lora, names, torch.float32)  # an fp32 file holds the masters bit for bit
     assert all(torch.equal(exact[f"{names[k]}.lora_up.weight"], up) for k, (_, up) in lora.modules.items())
 
 
 def test_state_dict_refuses_nan_and_fp16_overflow(sd15_attention):
     attn, table = sd15_attention
-    names = export.kohya_names(attn, "sd15", table)
+    names = lora_save.kohya_names(attn, "sd15", table)
     lora = _lora(attn)
     key = next(iter(lora.modules))
     lora.modules[key][1][0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN/Inf"):
-        export.to_state_dict(lora, names)
+        lora_save.to_state_dict(lora, names)
     lora.modules[key][1][0, 0] = 1e6
     with pytest.raises(ValueError, match="do not fit torch.float16; use save_dtype bf16 or fp32"):
-        export.to_state_dict(lora, names)
-    assert export.to_state_dict(lora, names, torch.bfloat16)  # fits bf16
+        lora_save.to_state_dict(lora, names)
+    assert lora_save.to_state_dict(lora, names, torch.bfloat16)  # fits bf16
 
 
 REQUIRED = [
@@ -332,7 +334,9 @@ REQUIRED = [
 )
 def test_metadata_fields(arch, version, architecture, resolution):
     lora = _lora({"diffusion_model.x.weight": (8, 8)}, arch=arch, settings={"resolution": None}, interrupted=True)
-    md = export.metadata(lora, "  a red cube, for product shots  ", "cube_v1", started_at=1.7e9, finished_at=1.7e9 + 60)
+    md = lora_save.metadata(
+        lora, "  a red cube, for product shots  ", "cube_v1", started_at=1.7e9, finished_at=1.7e9 + 60
+    )
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in md.items())
     missing = [k for k in REQUIRED if k not in md]
     assert not missing
@@ -356,7 +360,7 @@ def test_metadata_fields(arch, version, architecture, resolution):
 
 def test_metadata_counts_tags_from_captions_when_not_given():
     lora = _lora({"diffusion_model.x.weight": (8, 8)}, dataset={"tag_frequency": None, "captions": ["a, b", "a"]})
-    md = export.metadata(lora, "", "x")
+    md = lora_save.metadata(lora, "", "x")
     assert json.loads(md["ss_tag_frequency"]) == {"dataset": {"a": 2, "b": 1}}
     assert md["ss_training_comment"] == "trigger word: zxq cube"
     assert "ss_training_started_at" not in md and md["loom_interrupted"] == "false"
@@ -398,10 +402,10 @@ def test_per_module_alpha_and_conv_factors_load_back_with_the_same_delta(tmp_pat
     lora = _utility(CONV, ranks=[4, 2, 3], alphas=[1.0, 7.3, 3.0], sources=SOURCES)
     proj_in = "diffusion_model.input_blocks.1.1.proj_in.weight"
     assert lora.alpha_of(proj_in) == 7.3 and lora.rank_of(proj_in) == 2 and lora.scale_of(proj_in) == 7.3 / 2
-    names = export.kohya_names(lora.modules, "sd15", table)
+    names = lora_save.kohya_names(lora.modules, "sd15", table)
     assert names["diffusion_model.input_blocks.1.0.in_layers.2.weight"] == "lora_unet_down_blocks_0_resnets_0_conv1"
     assert names[proj_in] == "lora_unet_down_blocks_0_attentions_0_proj_in"
-    path = export.save(tmp_path / "m.safetensors", lora, names, "", "m", dtype=torch.float32)
+    path = lora_save.save(tmp_path / "m.safetensors", lora, names, "", "m", dtype=torch.float32)
     tensors, md = load_state_dict(path)
     for key, (down, up) in lora.modules.items():  # kohya's own shapes and each module's alpha (fp32)
         name = names[key]
@@ -439,7 +443,7 @@ def test_bad_factor_shapes_are_refused_naming_the_key(down, up):
     with pytest.raises(
         ValueError, match=rf"{re.escape(key)}: factors must be {expected}; got {re.escape(str(list(down)))}"
     ):
-        export.to_state_dict(lora, {key: "lora_unet_x"})
+        lora_save.to_state_dict(lora, {key: "lora_unet_x"})
 
 
 TRAINING_KEYS = (
@@ -470,7 +474,7 @@ def test_utility_metadata_names_operation_and_sources_and_no_training_keys():
     lora = _utility(
         CONV, [4, 2, 3], [1.0, 7.3, 3.0], sources=SOURCES, notes=notes, settings=training_like, dataset=dataset, step=30
     )
-    md = export.metadata(lora, "", "blend", finished_at=1.7e9)
+    md = lora_save.metadata(lora, "", "blend", finished_at=1.7e9)
     assert all(isinstance(v, str) for v in md.values())
     assert not [k for k in TRAINING_KEYS if k in md]
     assert md["loom_operation"] == "merge"
@@ -485,7 +489,7 @@ def test_utility_metadata_names_operation_and_sources_and_no_training_keys():
     assert md["ss_base_model_version"] == "sd_v1" and md["ss_v2"] == "False"
     assert md["ss_sd_model_name"] == "tiny.safetensors" and "loom_base_model_sha256" not in md
 
-    scoped = export.metadata(lora, " style + character ", "blend")
+    scoped = lora_save.metadata(lora, " style + character ", "blend")
     assert (
         scoped["ss_training_comment"] == scoped["modelspec.description"] == scoped["loom_scope"] == "style + character"
     )
@@ -496,7 +500,7 @@ def test_utility_metadata_one_rank_and_alpha_and_descriptions():
     resized = _utility(
         keys, [8, 8], [4.0, 4.0], "resize", arch="sdxl", sources=SOURCES[:1], notes={"rank_rule": "energy 0.9"}
     )
-    md = export.metadata(resized, "", "small")
+    md = lora_save.metadata(resized, "", "small")
     assert md["ss_network_dim"] == "8" and md["ss_network_alpha"] == "4.0"
     assert md["ss_training_comment"] == "resize of style.safetensors to rank 8 (energy 0.9)"
     assert md["modelspec.resolution"] == "1024x1024" and "ss_v2" not in md
@@ -504,12 +508,12 @@ def test_utility_metadata_one_rank_and_alpha_and_descriptions():
     extracted = _utility(
         keys, [4, 2], [4.0, 2.0], "extract", sources=({"name": "base.safetensors", "role": "base"}, tuned)
     )
-    assert export.describe(extracted) == "extract of tuned.safetensors against base.safetensors"
-    assert export.metadata(extracted, "", "x")["ss_network_dim"] == "Dynamic"  # ranks differ, alpha / rank does not
+    assert lora_save.describe(extracted) == "extract of tuned.safetensors against base.safetensors"
+    assert lora_save.metadata(extracted, "", "x")["ss_network_dim"] == "Dynamic"  # ranks differ, alpha / rank does not
     converted = _utility(
         keys, [4, 4], [4.0, 4.0], "convert", sources=({"name": "a.safetensors", "format": "lycoris-loha"},)
     )
-    assert export.describe(converted) == "convert of a.safetensors (lycoris-loha) to LoRA"
+    assert lora_save.describe(converted) == "convert of a.safetensors (lycoris-loha) to LoRA"
     with pytest.raises(ValueError, match="operation: 'blend' is not one of train, merge"):
         _utility(keys, [4, 4], [4.0, 4.0], "blend")
 
@@ -526,7 +530,7 @@ def test_utility_save_writes_no_resume_file_and_drops_a_replaced_one(tmp_path):
     _, md = load_state_dict(path)
     assert "loom_resume_file" not in md and md["loom_operation"] == "merge"
     with pytest.raises(FileNotFoundError, match="no resume state"):
-        export.load_trained(path)
+        lora_save.load_trained(path)
 
     _save(tmp_path, merged, table, name="m.safetensors", overwrite=True)  # the trained LoRA's state would not match
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "n.safetensors"]
@@ -537,8 +541,8 @@ def test_utility_save_writes_no_resume_file_and_drops_a_replaced_one(tmp_path):
 
 
 def _save(tmp_path, lora, table, name="cube.safetensors", **kw):
-    names = export.kohya_names(lora.modules, lora.arch, table)
-    return export.save(tmp_path / name, lora, names, "a cube", Path(name).stem, **kw)
+    names = lora_save.kohya_names(lora.modules, lora.arch, table)
+    return lora_save.save(tmp_path / name, lora, names, "a cube", Path(name).stem, **kw)
 
 
 def test_saved_file_parses_as_kohya_and_matches_every_weight(tmp_path, sd15_attention):
@@ -568,7 +572,7 @@ def test_error_mid_write_leaves_nothing(tmp_path, sd15_attention, monkeypatch):
         calls.append(os.fstat(fd).st_size)  # the temp file holds data when the "disk" fails
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export.os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="No space left"):
         _save(tmp_path, lora, table)
     assert calls and calls[0] > 0
@@ -591,8 +595,8 @@ def test_error_at_rename_leaves_nothing(tmp_path, sd15_attention, monkeypatch, f
             raise KeyboardInterrupt
         return real_link(src, dst)
 
-    monkeypatch.setattr(export.os, "replace", replace)
-    monkeypatch.setattr(export.os, "link", link)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "link", link)
     with pytest.raises(KeyboardInterrupt):
         _save(tmp_path, lora, table)
     assert list(tmp_path.iterdir()) == []
@@ -613,13 +617,13 @@ def test_no_clobber_even_when_the_file_appears_after_the_check(tmp_path, sd15_at
     """The exists-check and the final rename are not one step; the no-overwrite commit must hold by itself."""
     attn, table = sd15_attention
     target = tmp_path / "cube.safetensors"
-    real = export.to_state_dict
+    real = lora_save.to_state_dict
 
     def sneaky(*a, **kw):
         target.write_bytes(b"someone else's file")
         return real(*a, **kw)
 
-    monkeypatch.setattr(export, "to_state_dict", sneaky)
+    monkeypatch.setattr(save_write, "to_state_dict", sneaky)
     with pytest.raises(FileExistsError, match="overwrite"):
         _save(tmp_path, _lora(attn), table)
     assert target.read_bytes() == b"someone else's file"
@@ -671,14 +675,14 @@ def test_adamw_resumed_from_the_saved_state_continues_exactly(tmp_path):
         optimizer_state=opt.state_dict(),
         interrupted=True,
     )
-    path = export.save(tmp_path / "r.safetensors", lora, export.kohya_names(SHAPES, "flux"), "", "r")
-    with safe_open(str(export.state_path(path)), "pt") as fh:
+    path = lora_save.save(tmp_path / "r.safetensors", lora, lora_save.kohya_names(SHAPES, "flux"), "", "r")
+    with safe_open(str(lora_save.state_path(path)), "pt") as fh:
         names = set(fh.keys())
     assert {"module.0.down", "module.2.up", "state.0.exp_avg", "state.5.exp_avg_sq", "state.3.step"} <= names
 
     _steps(factors, opt, sched, targets, 3, 4)  # the uninterrupted run
 
-    modules, optimizer_state, step, settings = export.load_resume_state(path)
+    modules, optimizer_state, step, settings = lora_save.load_resume_state(path)
     assert step == 3 and settings == {"learning_rate": 3e-2, "steps": 7}
     for k, (down, up) in lora.modules.items():  # the fp32 masters, exactly (the LoRA file itself is fp16)
         assert torch.equal(modules[k][0], down) and torch.equal(modules[k][1], up)
@@ -692,15 +696,15 @@ def test_adamw_resumed_from_the_saved_state_continues_exactly(tmp_path):
         assert torch.equal(a, b)
     assert opt2.param_groups[0]["betas"] == (0.8, 0.95)
 
-    again = export.load_trained(path)
+    again = lora_save.load_trained(path)
     assert again.step == 3 and again.interrupted and again.loss_history == [3.0, 2.0, 1.0] and again.arch == "flux"
 
 
 def test_resume_state_without_optimizer_and_wrong_order_is_refused(tmp_path):
     factors = LoraFactors(SHAPES, rank=2, alpha=1.0)
     lora = LoomLoRA(factors.snapshot(), 1.0, 2, "flux")
-    path = export.save(tmp_path / "n.safetensors", lora, export.kohya_names(SHAPES, "flux"), "", "n")
-    assert export.load_resume_state(export.state_path(path)).optimizer_state is None
+    path = lora_save.save(tmp_path / "n.safetensors", lora, lora_save.kohya_names(SHAPES, "flux"), "", "n")
+    assert lora_save.load_resume_state(lora_save.state_path(path)).optimizer_state is None
 
     params = list(reversed(factors.parameters()))  # not LoraFactors.parameters() order
     opt = torch.optim.AdamW(params, lr=1e-3)
@@ -708,5 +712,5 @@ def test_resume_state_without_optimizer_and_wrong_order_is_refused(tmp_path):
     opt.step()
     lora = LoomLoRA(factors.snapshot(), 1.0, 2, "flux", optimizer_state=opt.state_dict())
     with pytest.raises(ValueError, match="LoraFactors.parameters"):
-        export.save(tmp_path / "w.safetensors", lora, export.kohya_names(SHAPES, "flux"), "", "w")
+        lora_save.save(tmp_path / "w.safetensors", lora, lora_save.kohya_names(SHAPES, "flux"), "", "w")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n.loom-state", "n.safetensors"]

@@ -15,7 +15,8 @@ import torch
 from lora_math.adapters import Full, LoKr, LoRA
 from lora_math.errors import LoraShapeError
 from lora_math.formats import ParsedLoRA, parse
-from lora_math.names.keymap import Patch, alias_table, guess_base_model, match
+from lora_math.names.families import from_file as guess_base_model
+from lora_math.names.keymap import Patch, alias_table, match
 from lora_math.names.keytables import ARCHES, load_keytable
 
 pytestmark = pytest.mark.unit
