@@ -1,5 +1,5 @@
 // LoRA Loom: the strength-schedule text form in the browser, for the curve editor (loom_schedule_editor.js).
-// A subset of lora_math/schedule.py: progress positions (0.4, 40%), strengths, hold/linear/smooth modes and their
+// A subset of lora_math/schedule/text.py: progress positions (0.4, 40%), strengths, hold/linear/smooth modes and their
 // aliases, a mode prefix ("smooth: 0:0, 1:1"), a lone number (constant) and the single-schedule presets. Step
 // positions (@3) are recognised but not editable here. scheduleToText writes exactly what Schedule.to_text writes.
 // No imports and no side effects: ComfyUI imports every .js of the pack, and tests run this file under Node.

@@ -17,10 +17,7 @@ Nothing is dropped: a value longer than :data:`MAX_VALUE_CHARS` is cut (ending i
 ``ss_tag_frequency`` shows its :data:`TOP_TAGS_SHOWN` most frequent tags and says how many there are, a thumbnail its
 size. The raw strings stay available beside the view (``inspect``'s ``metadata``, the route's ``metadata``).
 
-Trigger words, in order, without repeats (case-insensitive): ``modelspec.trigger_phrase`` and ``loom_trigger_words``
-(comma separated), the phrase after "trigger word(s)" in ``ss_training_comment``, OneTrainer's bundled embedding
-placeholders (``ot_config`` ``additional_embeddings``), the most frequent tags of ``ss_tag_frequency`` (counts summed
-over dataset folders; ai-toolkit writes its trigger word there), and ``ss_output_name`` only when none of those exist.
+Trigger words: ``triggers``.
 
 Pure: strings in, plain data out; the same view renders as text (:meth:`HeaderView.lines`) and JSON
 (:meth:`HeaderView.to_json`).
@@ -28,20 +25,20 @@ Pure: strings in, plain data out; the same view renders as text (:meth:`HeaderVi
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .header_values import decode_value, flat, is_present, is_unset, number, ranked_tags
+from .triggers import trigger_words
+
 __all__ = ["MAX_VALUE_CHARS", "HeaderView", "Row", "Section", "decode_value", "header_view", "trigger_words", "writer"]
 
 MAX_VALUE_CHARS = 4000  # ss_tag_frequency, ss_datasets, ot_config and thumbnails can be megabytes
-TOP_TAGS = 5  # trigger words taken from ss_tag_frequency
 TOP_TAGS_SHOWN = 20  # tags the training section lists
 ADAPTER_METADATA = "lora_adapter_metadata"
-_UNSET = ("", "None", "none", "null")
 
 
 @dataclass(frozen=True)
@@ -86,78 +83,13 @@ class HeaderView:
         return out
 
 
-# --- values ---------------------------------------------------------------------------------------------------------
-
-
-def decode_value(value: Any) -> Any:
-    """Header values are strings; JSON ones (ss_tag_frequency, lora_adapter_metadata, software …) are decoded."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if text[:1] in "{[":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
-def _present(value: Any) -> bool:
-    return value is not None and (not isinstance(value, str) or value.strip() not in _UNSET)
-
-
-def _unset(value: str) -> bool:
-    return not _present(value) or decode_value(value) in ({}, [])
-
-
-def _scalar(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def _flat(value: Any) -> str:
-    """One line: a JSON object as ``field: value, …``, a list of scalars comma separated, whitespace collapsed."""
-    if isinstance(value, Mapping):
-        text = ", ".join(f"{k}: {_scalar(v)}" for k, v in value.items())
-    elif isinstance(value, list) and all(not isinstance(v, Mapping | list) for v in value):
-        text = ", ".join(_scalar(v) for v in value)
-    else:
-        text = _scalar(value)
-    return " ".join(text.split())
-
-
-def _number(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 # --- known fields ---------------------------------------------------------------------------------------------------
 
 
-def _tag_totals(tag_frequency: Any) -> dict[str, float]:
-    totals: dict[str, float] = {}
-    if not isinstance(tag_frequency, Mapping):
-        return totals
-    for tags in tag_frequency.values():
-        if not isinstance(tags, Mapping):
-            continue
-        for tag, count in tags.items():
-            if isinstance(count, int | float) and not isinstance(count, bool):
-                tag = str(tag).strip()
-                if tag:
-                    totals[tag] = totals.get(tag, 0) + count
-    return totals
-
-
-def _ranked_tags(tag_frequency: Any) -> list[tuple[str, float]]:
-    return sorted(_tag_totals(tag_frequency).items(), key=lambda kv: (-kv[1], kv[0]))
-
-
 def _tags_text(values: list[Any]) -> str:
-    ranked = _ranked_tags(values[0])
+    ranked = ranked_tags(values[0])
     if not ranked:
-        return _flat(values[0])
+        return flat(values[0])
     shown = ", ".join(f"{tag} {count:g}" for tag, count in ranked[:TOP_TAGS_SHOWN])
     where = f"{_count(len(ranked), 'tag')} in {_count(len(values[0]), 'folder')}"
     return shown + (f" ({where})" if len(ranked) <= TOP_TAGS_SHOWN else f" … (top {TOP_TAGS_SHOWN} of {where})")
@@ -170,20 +102,20 @@ def _count(n: int, noun: str) -> str:
 def _datasets_text(values: list[Any]) -> str:
     dirs = values[0]
     if not isinstance(dirs, Mapping):
-        return _flat(dirs)
+        return flat(dirs)
     parts = []
     for name, info in dirs.items():
         if isinstance(info, Mapping):
             parts.append(f"{name} ({info.get('img_count', '?')} images x {info.get('n_repeats', '?')})")
         else:
-            parts.append(f"{name} ({_flat(info)})")
+            parts.append(f"{name} ({flat(info)})")
     return "; ".join(parts)
 
 
 def _date(value: Any) -> str:
-    seconds = _number(value)
+    seconds = number(value)
     if seconds is None or not 0 < seconds < 1e11:
-        return _flat(value)
+        return flat(value)
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))  # no datetime.UTC: Python 3.10 runs ComfyUI too
 
 
@@ -195,7 +127,7 @@ def _thumbnail_text(values: list[Any]) -> str:
     text = str(values[0])
     m = re.match(r"data:([\w.+-]+/[\w.+-]+)?(;base64)?,", text)
     if not m:
-        return _flat(text)
+        return flat(text)
     data = len(text) - m.end()
     size = data * 3 // 4 if m.group(2) else data
     return f"{m.group(1) or 'data'} image, {size / 1024:.1f} KiB (data URL, not shown)"
@@ -278,66 +210,24 @@ def writer(metadata: Mapping[str, str]) -> str | None:
     name no tool, so none is claimed for them.
     """
     software = decode_value(metadata.get("software"))
-    if isinstance(software, Mapping) and _present(software.get("name")):
+    if isinstance(software, Mapping) and is_present(software.get("name")):
         version = software.get("version")
-        return f"{software['name']} {version}".strip() if _present(version) else str(software["name"])
+        return f"{software['name']} {version}".strip() if is_present(version) else str(software["name"])
     if "ot_revision" in metadata or "ot_branch" in metadata:
-        where = [str(metadata[k]) for k in ("ot_branch", "ot_revision") if _present(metadata.get(k))]
+        where = [str(metadata[k]) for k in ("ot_branch", "ot_revision") if is_present(metadata.get(k))]
         return "OneTrainer" + (f" ({' @ '.join(_short_hash(w) for w in where)})" if where else "")
-    if _present(metadata.get("loom_version")):
+    if is_present(metadata.get("loom_version")):
         return f"LoRA Loom {metadata['loom_version']}"
     impl = str(metadata.get("modelspec.implementation_version") or "")
     commit = metadata.get("ss_sd_scripts_commit_hash")
-    if impl.startswith("sd-scripts/") or _present(commit):
-        commit = commit if _present(commit) else impl.removeprefix("sd-scripts/")
-        return f"kohya-ss/sd-scripts (commit {_short_hash(commit)})" if _present(commit) else "kohya-ss/sd-scripts"
+    if impl.startswith("sd-scripts/") or is_present(commit):
+        commit = commit if is_present(commit) else impl.removeprefix("sd-scripts/")
+        return f"kohya-ss/sd-scripts (commit {_short_hash(commit)})" if is_present(commit) else "kohya-ss/sd-scripts"
     if "lycoris_config" in metadata:
         return "SimpleTuner (LyCORIS)"
     if ADAPTER_METADATA in metadata:
         return "diffusers / PEFT"
     return impl.strip() or None
-
-
-# --- trigger words --------------------------------------------------------------------------------------------------
-
-_COMMENT_TRIGGER = re.compile(r"trigger(?:\s*words?)?\s*(?:is|are|:|=)\s*(.+)", re.I)
-
-
-def _split(text: Any) -> list[str]:
-    return [p.strip() for p in str(text).split(",")] if _present(text) else []
-
-
-def _placeholders(ot_config: Any) -> list[str]:
-    """OneTrainer bundles the embeddings it trains next to a LoRA into the file; their placeholders go in the prompt."""
-    if not isinstance(ot_config, Mapping):
-        return []
-    embeddings = ot_config.get("additional_embeddings")
-    if not isinstance(embeddings, list):
-        return []
-    return [
-        str(e["placeholder"]).strip() for e in embeddings if isinstance(e, Mapping) and _present(e.get("placeholder"))
-    ]
-
-
-def trigger_words(metadata: Mapping[str, str], top: int = TOP_TAGS) -> list[str]:
-    """Likely trigger words from the header metadata (see the module docstring for the sources and their order)."""
-    found = _split(metadata.get("modelspec.trigger_phrase")) + _split(metadata.get("loom_trigger_words"))
-    comment = metadata.get("ss_training_comment")
-    if _present(comment):
-        m = _COMMENT_TRIGGER.search(str(comment))
-        if m:
-            found += _split(m.group(1).strip().rstrip("."))
-    found += _placeholders(decode_value(metadata.get("ot_config")))
-    found += [tag for tag, _ in _ranked_tags(decode_value(metadata.get("ss_tag_frequency")))[:top]]
-    if not [f for f in found if f] and _present(metadata.get("ss_output_name")):
-        found.append(str(metadata["ss_output_name"]).strip())
-    seen: set[str] = set()
-    out = []
-    for word in found:
-        if word and word.lower() not in seen:
-            seen.add(word.lower())
-            out.append(word)
-    return out
 
 
 # --- the view -------------------------------------------------------------------------------------------------------
@@ -373,7 +263,7 @@ def _adapter_sections(raw: str, rows: _Rows) -> list[Section] | None:
     for component, fields in components.items():
         order = [f for f in _ADAPTER_FIRST if f in fields] + sorted(f for f in fields if f not in _ADAPTER_FIRST)
         empty = [f for f in order if fields[f] is None or fields[f] == {} or fields[f] == []]
-        out = [rows.row(f, _flat(fields[f]), (ADAPTER_METADATA,)) for f in order if f not in empty]
+        out = [rows.row(f, flat(fields[f]), (ADAPTER_METADATA,)) for f in order if f not in empty]
         if empty:
             out.append(rows.row("not set", ", ".join(empty), (ADAPTER_METADATA,)))
         title = f"adapter config ({component})" if component else "adapter config"
@@ -385,7 +275,7 @@ def header_view(metadata: Mapping[str, str]) -> HeaderView:
     """The view of a header (``ParsedLoRA.metadata``); every key appears in a row (see the module docstring)."""
     rows = _Rows()
     shown: set[str] = set()
-    unset = sorted(k for k, v in metadata.items() if _unset(v))
+    unset = sorted(k for k, v in metadata.items() if is_unset(v))
     sections: list[Section] = []
     for title, fields in _KNOWN.items():
         out = []
@@ -394,7 +284,7 @@ def header_view(metadata: Mapping[str, str]) -> HeaderView:
             if not present:
                 continue
             values = [decode_value(metadata[k]) for k in present]
-            text = render(values) if render else " / ".join(_flat(v) for v in values)
+            text = render(values) if render else " / ".join(flat(v) for v in values)
             out.append(rows.row(label, text, present))
             shown |= set(present)
         if out:
@@ -405,7 +295,7 @@ def header_view(metadata: Mapping[str, str]) -> HeaderView:
             sections += adapter
             shown.add(ADAPTER_METADATA)
     other = [
-        rows.row(key, _flat(decode_value(metadata[key])), (key,))
+        rows.row(key, flat(decode_value(metadata[key])), (key,))
         for key in sorted(metadata)
         if key not in shown and key not in unset
     ]

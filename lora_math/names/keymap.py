@@ -1,4 +1,5 @@
-"""Which model weight each LoRA module patches: :func:`match`, and :func:`guess_base_model` from the file alone.
+"""Which model weight each LoRA module patches: :func:`match` (the family from the file alone is
+``families.from_file``; why nothing matched, ``near_misses.diagnose``).
 
 Matching is a pure function of the model's key names and shapes and the file's module names. For a model key set an
 :class:`AliasTable` is built once (and cached): every weight gets its own name dotted and with ``.`` -> ``_`` (kohya),
@@ -37,7 +38,6 @@ __all__ = [
     "Patch",
     "Target",
     "alias_table",
-    "diagnose",
     "match",
 ]
 
@@ -375,42 +375,3 @@ def match(parsed: ParsedLoRA, model_keys: Mapping[str, tuple[int, ...]], *, stri
             + ". The LoRA was made for a different base model (use one for this model) or is corrupt."
         )
     return KeyMatch(tuple(patches), tuple(matched), tuple(unmatched), len(parsed.modules), tuple(mismatched))
-
-
-# --- near misses ----------------------------------------------------------------------------------------------------
-
-# A component prefix written twice (``lora_unet_unet_…``, ``transformer.transformer.…``): a bad rename or export.
-_DOUBLED = re.compile(
-    r"^(lora_unet_|lora_transformer_|lycoris_|unet\.|transformer\.|diffusion_model\.)"
-    r"(unet[._]|transformer[._]|diffusion_model[._]|model[._]diffusion_model[._])"
-)
-_REWRITES = (
-    ("the doubled prefix", lambda name: _DOUBLED.sub(r"\1", name, count=1)),
-    ("the leading segment", lambda name: name.split(".", 1)[1] if "." in name else name),
-)
-
-
-def diagnose(parsed: ParsedLoRA, model_keys: Mapping[str, tuple[int, ...]]) -> str | None:
-    """Why most of a file's modules match nothing, when a simple misspelling explains it; None otherwise.
-
-    Tries each rewrite of :data:`_REWRITES` on every unmatched module name and reports the one that makes at least
-    half of the file match, naming one module before and after.
-    """
-    table = alias_table(model_keys)
-    names = [n for n in parsed.modules if table.resolve(n) is None]
-    if not names or len(names) < len(parsed.modules) / 2:
-        return None
-    best: tuple[str, list[tuple[str, str]]] | None = None
-    for why, rewrite in _REWRITES:
-        hits = [(n, r) for n in names if (r := rewrite(n)) != n and table.resolve(r) is not None]
-        if hits and (best is None or len(hits) > len(best[1])):
-            best = (why, hits)
-    if best is None or len(best[1]) < len(names) / 2:
-        return None
-    why, hits = best
-    before, after = hits[0]
-    return (
-        f"recognised {len(parsed.modules)} {parsed.format} modules, but their names do not match this model: "
-        f"{len(hits)} would with {why} removed ({before!r} should read {after!r}); the file was renamed or "
-        "exported wrongly: re-export it, or rename its keys"
-    )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from ...lora_math.errors import LoraShapeError
 from ...lora_math.formats import ParsedLoRA
-from ...lora_math.names import families, keymap
+from ...lora_math.names import families, keymap, near_misses
 
 _MATCH_CACHE_SIZE = 64
 
@@ -78,7 +78,7 @@ def cached_match(name: str, parsed: ParsedLoRA, input_name: str, models: Sequenc
             cache.popitem(last=False)
     if not match.patches:
         keys = {k: v for found in models for k, v in found.keys.items()}
-        hint = keymap.diagnose(parsed, keys)
+        hint = near_misses.diagnose(parsed, keys)
         if hint:
             raise ValueError(f"{input_name}: '{name}': {hint}")
         lora, model = _families(parsed, keys)

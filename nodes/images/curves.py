@@ -14,17 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from ...lora_math.schedule import Schedule
+from . import canvas
+from .canvas import AXIS, BACKGROUND, GRID, PLOT_BACKGROUND, SUPERSAMPLE, TEXT
 
 WIDTH, HEIGHT = 512, 256
-SUPERSAMPLE = 2
-BACKGROUND = (24, 29, 37)
-PLOT_BACKGROUND = (31, 38, 48)
-GRID = (52, 62, 76)
-AXIS = (120, 132, 148)
-TEXT = (205, 212, 222)
 # The first curve's colour is the one tests look for; the others are for per-block curves.
 COLORS = ((255, 170, 60), (90, 200, 250), (140, 220, 120), (240, 110, 150), (190, 150, 255), (250, 225, 90))
 
@@ -63,13 +59,6 @@ def _ticks(low: float, high: float) -> list[float]:
     return [round(first + i * step, 10) for i in range(int((high - first) / step) + 1)]
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def render(curves: list[tuple[str, Schedule]], num_steps: int, title: str = "") -> np.ndarray:
     """``HEIGHT`` x ``WIDTH`` x 3 uint8: each (label, progress schedule) as a curve with dots at its ``num_steps``
     step strengths; a legend when there is more than one curve."""
@@ -77,7 +66,7 @@ def render(curves: list[tuple[str, Schedule]], num_steps: int, title: str = "") 
     layout = Layout(*strength_range([s for _, s in curves]))
     image = Image.new("RGB", (WIDTH * k, HEIGHT * k), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    font, small = _font(11 * k), _font(10 * k)
+    font, small = canvas.font(11 * k), canvas.font(10 * k)
 
     def xy(progress: float, strength: float) -> tuple[float, float]:
         return layout.x_of(progress) * k, layout.y_of(strength) * k
@@ -204,7 +193,7 @@ def loss_image(history: Sequence[float], width: int = WIDTH, height: int = HEIGH
     k = SUPERSAMPLE
     image = Image.new("RGB", (width * k, height * k), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    font, small = _font(11 * k), _font(10 * k)
+    font, small = canvas.font(11 * k), canvas.font(10 * k)
 
     def x_at(i: int) -> float:
         return layout.x_of(i / (n - 1) if n > 1 else 0.5) * k
