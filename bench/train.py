@@ -38,19 +38,16 @@ backward (core and Loom alike); core's checkpointing wrapper happens to avoid it
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import importlib
 import math
-import os
-import resource
-import statistics
 import sys
-import threading
 import time
 import traceback
 
-from _common import SDXL_FULL, device_name, emit, parse_args, setup, sync
+from _common import SDXL_FULL, device_name, emit, parse_args, setup
+from _measure import GIB, StepClock, log, measure, profile
+from _trainers import core_call, core_what, loom_items
 
 # Full-size FLUX.1-dev DiT (what ComfyUI's detection calls `Flux`): 19 double and 38 single blocks, ~11.9 B params.
 FLUX_FULL = dict(
@@ -58,7 +55,6 @@ FLUX_FULL = dict(
     mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000,
     patch_size=2, qkv_bias=True, guidance_embed=True,
 )  # fmt: skip
-GIB = 2**30
 
 
 def options(ap) -> None:
@@ -91,158 +87,6 @@ def is_oom(e: BaseException | None) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
-
-
-def log(text: str) -> None:
-    print(f"[bench/train] {text}", file=sys.stderr, flush=True)
-
-
-# --- measuring ----------------------------------------------------------------------------------------------------
-
-
-class StepClock:
-    """Timestamps of every optimizer step in the process (a global post-step hook on all optimizers)."""
-
-    def __init__(self, gpu: bool) -> None:
-        self.gpu = gpu
-        self.stamps: list[float] = []
-        self.on_step = None  # extra callback per step (profiler.step)
-
-    def hook(self, optimizer, args, kwargs) -> None:
-        if self.gpu:
-            sync()
-        self.stamps.append(time.perf_counter())
-        if self.on_step is not None:
-            self.on_step()
-
-    @contextlib.contextmanager
-    def watch(self):
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        self.stamps = []
-        handle = register_optimizer_step_post_hook(self.hook)
-        try:
-            yield self
-        finally:
-            handle.remove()
-
-
-class PeakRSS:
-    """Peak resident set size of this process, sampled every `every` s in a thread (Linux /proc)."""
-
-    def __init__(self, every: float = 0.01) -> None:
-        self.every, self.peak, self._stop = every, 0, threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-    def _rss(self) -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * self._page
-        except OSError:
-            return 0
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            self._stop.wait(self.every)
-
-    def __enter__(self):
-        self.peak = self._rss()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-
-def max_rss_gib() -> float:
-    """Process max RSS so far (getrusage; kilobytes on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (GIB if sys.platform == "darwin" else 2**20)
-
-
-def measure(label: str, call, clock: StepClock, warmup: int, timed: int, gpu: bool) -> dict:
-    """Run `call()` (one whole training call of warmup+timed steps); per-step times from the optimizer steps."""
-    import torch
-
-    if gpu:
-        sync()
-        torch.cuda.reset_peak_memory_stats()
-    load_before = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    with clock.watch(), PeakRSS() as rss:
-        sync()
-        t0 = time.perf_counter()
-        out = call()
-        sync()
-        wall = time.perf_counter() - t0
-        stamps = list(clock.stamps)
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    if len(stamps) != warmup + timed:
-        raise SystemExit(f"bench/train.py: {label} made {len(stamps)} optimizer steps, expected {warmup + timed}")
-    intervals = [b - a for a, b in zip([t0, *stamps[:-1]], stamps, strict=True)]
-    steps = intervals[warmup:]
-    mean = statistics.fmean(steps)
-    median = statistics.median(steps)
-    entry = {
-        "s_per_step": round(median, 4),
-        "mean_s": round(mean, 4),
-        "min_s": round(min(steps), 4),
-        "max_s": round(max(steps), 4),
-        "steps_s": [round(s, 4) for s in steps],
-        "wall_s": round(wall, 3),
-        "setup_s": round(intervals[0] - median, 3),  # before the first step (first step's excess included)
-        "teardown_s": round(wall - (stamps[-1] - t0), 3),  # after the last optimizer step
-        # machine load: 1-min load average before/after, and this process's CPU seconds per wall second (about
-        # the thread count when it had the cores to itself; lower when other jobs took them)
-        "loadavg_before_after": [load_before, round(os.getloadavg()[0], 2) if load_before is not None else None],
-        "process_cpu_per_wall": round(cpu_s / wall, 2),
-    }
-    if gpu:
-        entry["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
-        entry["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
-    else:
-        entry["peak_rss_during_gib"] = round(rss.peak / GIB, 3)
-        entry["max_rss_gib"] = round(max_rss_gib(), 3)
-    log(f"{label}: {median:.4f} s/step median (mean {mean:.4f}, wall {wall:.1f} s, load {load_before})")
-    return {"entry": entry, "out": out}
-
-
-def profile(label: str, call, clock: StepClock, k: int, gpu: bool, top: int = 15) -> dict:
-    """torch.profiler over k steady-state steps of one training call (setup and the first step skipped)."""
-    import torch.profiler as tp
-
-    activities = [tp.ProfilerActivity.CPU] + ([tp.ProfilerActivity.CUDA] if gpu else [])
-    with tp.profile(activities=activities, schedule=tp.schedule(wait=1, warmup=1, active=k, repeat=1)) as prof:
-        clock.on_step = prof.step
-        try:
-            with clock.watch():
-                call()
-        finally:
-            clock.on_step = None
-    events = prof.key_averages()
-    key = "self_device_time_total" if gpu else "self_cpu_time_total"
-    total = sum(getattr(e, key) for e in events) or 1
-    rows = []
-    for e in sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]:
-        rows.append(
-            {
-                "op": e.key,
-                "self_ms_per_step": round(getattr(e, key) / 1000 / k, 3),
-                "share": round(getattr(e, key) / total, 3),
-                "calls_per_step": round(e.count / k, 1),
-            }
-        )
-    calls = sum(e.count for e in events) / k
-    log(
-        f"profile {label}: {calls:.0f} op calls per step; top: "
-        + ", ".join(f"{r['op']} {r['share']}" for r in rows[:5])
-    )
-    return {"op_calls_per_step": round(calls), "self_time_ms_per_step": round(total / 1000 / k, 1), "top": rows}
 
 
 # --- models -------------------------------------------------------------------------------------------------------
@@ -325,72 +169,6 @@ def dataset(args, model, size: int):
             extra = {"pooled_output": torch.randn(1, 1280, generator=g), "width": size, "height": size}
         conds.append([cross, extra])
     return latents, conds
-
-
-# --- the two trainers ---------------------------------------------------------------------------------------------
-
-
-def loom_items(training, model, latents, conds, size: int):
-    base = model.model
-    items = []
-    for i, (latent, (cross, extra)) in enumerate(zip(latents, conds, strict=True)):
-        x0 = base.process_latent_in(latent)
-        params = {
-            **extra,
-            "cross_attn": cross,
-            "crop_w": 0,
-            "crop_h": 0,
-            "target_width": size,
-            "target_height": size,
-            "device": "cpu",
-            "noise": x0,
-            "prompt_type": "positive",
-        }
-        params.setdefault("width", size)
-        params.setdefault("height", size)
-        params.setdefault("guidance", 1.0)
-        items.append(training.Item(x0, base.extra_conds(**params), f"image {i}", (size, size)))
-    return items
-
-
-def core_call(model, latents, conds, args, steps: int, checkpointing: bool, training_dtype: str, lora_dtype: str):
-    from comfy_extras.nodes_train import TrainLoraNode
-
-    def call():
-        return TrainLoraNode.execute(
-            model=[model],
-            latents=[{"samples": latent} for latent in latents],  # a list: one batched LATENT trips multi_res
-            positive=[conds],
-            batch_size=[1],
-            steps=[steps],
-            grad_accumulation_steps=[1],
-            learning_rate=[args.lr],
-            rank=[args.rank],
-            optimizer=["AdamW"],
-            loss_function=["MSE"],
-            seed=[args.seed],
-            training_dtype=[training_dtype],
-            lora_dtype=[lora_dtype],
-            algorithm=["LoRA"],
-            gradient_checkpointing=[checkpointing],
-            existing_lora=["[None]"],
-        )
-
-    return call
-
-
-def core_what(lora_sd: dict) -> dict:
-    lora_layers = [k for k in lora_sd if k.endswith(".lora_up.weight")]
-    diffs = [k for k in lora_sd if k.endswith(".diff")]
-    bias = [k for k in lora_sd if k.endswith(".diff_b")]
-    return {
-        "trains": "every weight: a LoRA (alpha 1) on each Linear/Conv weight, full diffs on each 1-D weight "
-        "(norms) and on each bias",
-        "lora_layers": len(lora_layers),
-        "weight_diffs": len(diffs),
-        "bias_diffs": len(bias),
-        "params": int(sum(v.numel() for k, v in lora_sd.items() if not k.endswith(".alpha"))),
-    }
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ def main() -> None:
     from comfy_extras.nodes_lora_extract import extract_lora
 
     lowrank = pack.lora_math.lowrank.delta
-    utilities, stack, patching = pack.nodes.tools.utilities, pack.nodes.load.stack, bridge(pack)
+    tools, stack, patching = pack.nodes.tools, pack.nodes.load.stack, bridge(pack)
     if args.gpu:
         base, what = full_size_sdxl_on_gpu(), "SDXL UNet full size, random fp16 weights"
         rank, extract_rank = args.rank or 32, 32
@@ -44,7 +44,7 @@ def main() -> None:
 
     # --- merge ------------------------------------------------------------------------------------------------------
     def loom_merge():
-        return utilities.LoomMergeLoras.execute(model=base, lora_stack=entries, mode="compressed", rank=2 * rank)
+        return tools.merge.LoomMergeLoras.execute(model=base, lora_stack=entries, mode="compressed", rank=2 * rank)
 
     lora, report = loom_merge().result  # warm: files parsed, key matches cached (as after a first run)
     merge_s = timed(loom_merge, args.repeat)
@@ -77,7 +77,7 @@ def main() -> None:
         torch.cuda.empty_cache()
         resident = torch.cuda.memory_allocated(device)
     t0 = time.perf_counter()
-    extracted, extract_report = utilities.LoomExtractLora.execute(
+    extracted, extract_report = tools.extract.LoomExtractLora.execute(
         model_tuned=tuned, model_base=base, target="attention", method="rank", rank=extract_rank
     ).result
     sync()

@@ -8,8 +8,11 @@ from .load.loader import LoomLoraLoader
 from .load.stack import LoomLoraStack
 from .schedule.make_schedule import LoomLoraSchedule
 from .schedule.schedule_lora import LoomScheduleLora
-from .tools.interference import LoomBalanceStack, LoomLoraInterference
-from .tools.utilities import LoomConvertLora, LoomExtractLora, LoomMergeLoras, LoomResizeLora
+from .tools.balance import LoomBalanceStack
+from .tools.extract import LoomExtractLora
+from .tools.interference import LoomLoraInterference
+from .tools.merge import LoomMergeLoras
+from .tools.resize import LoomConvertLora, LoomResizeLora
 from .train.load_images import LoomLoadTrainingImages
 from .train.train_lora import LoomTrainLora
 

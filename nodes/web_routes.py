@@ -36,9 +36,9 @@ import sys
 
 from ..lora_math import report
 from ..lora_math.names import families
+from ..lora_math.stack import check_name
 from .files import lora_files
 from .load.info import rank_alpha_text
-from .load.stack import check_name
 
 log = logging.getLogger("lora_loom")
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import sys
 import time
 import urllib.error
@@ -33,72 +32,29 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_client import (  # noqa: E402
+    DEFAULT_SERVER,
+    Client,
+    Refused,
+    RunFailed,
+    cancel,
+    fetch_history,
+    history_error,
+    poll_history,
+    safe_relpath,
+    text_frame,
+)
 from workflow_api import WorkflowError, ui_to_api  # noqa: E402
+from workflow_report import (  # noqa: E402
+    Progress,
+    execution_error_text,
+    format_node_errors,
+    node_label,
+    report_refusal,
+)
 
-DEFAULT_SERVER = "http://127.0.0.1:8188"
 DEFAULT_OUT = Path("output") / "run_workflow"
-TEXT_FRAME = 3  # ComfyUI's binary websocket event for progress text (protocol.BinaryEventTypes.TEXT)
 STRING_TYPES = ("STRING", "COMBO")
-
-
-class Refused(Exception):
-    """The workflow, an override or the prompt was refused before running (exit 2)."""
-
-
-class RunFailed(Exception):
-    """The run did not finish (exit 1)."""
-
-
-# --- HTTP ---------------------------------------------------------------------------------------
-
-
-class Client:
-    def __init__(self, base: str, timeout: float = 60.0):
-        base = base.rstrip("/")
-        if "://" not in base:
-            base = "http://" + base
-        self.base = base
-        self.timeout = timeout
-
-    def _open(self, path: str, data: bytes | None = None, timeout: float | None = None):
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        req = urllib.request.Request(self.base + path, data=data, headers=headers)
-        try:
-            return urllib.request.urlopen(req, timeout=timeout or self.timeout)
-        except urllib.error.HTTPError:
-            raise
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise RunFailed(
-                f"cannot reach ComfyUI at {self.base} ({reason}); start it (e.g. `make serve`) or pass --server URL"
-            ) from None
-
-    def get(self, path: str, timeout: float | None = None) -> bytes:
-        try:
-            with self._open(path, timeout=timeout) as r:
-                return r.read()
-        except urllib.error.HTTPError as e:
-            raise RunFailed(f"GET {path} -> HTTP {e.code}: {e.read().decode(errors='replace')[:500]}") from None
-
-    def get_json(self, path: str, timeout: float | None = None):
-        return json.loads(self.get(path, timeout))
-
-    def post_json(self, path: str, body: dict) -> tuple[int, object]:
-        """(status, parsed body); HTTP errors are returned, not raised (/prompt answers 400 with node_errors)."""
-        try:
-            with self._open(path, json.dumps(body).encode()) as r:
-                raw, status = r.read(), r.status
-        except urllib.error.HTTPError as e:
-            raw, status = e.read(), e.code
-        try:
-            return status, json.loads(raw) if raw else None
-        except json.JSONDecodeError:
-            return status, raw.decode(errors="replace")
-
-    def ws_url(self, client_id: str) -> str:
-        parts = urllib.parse.urlsplit(self.base)
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path + "/ws", f"clientId={client_id}", ""))
 
 
 # --- the workflow -------------------------------------------------------------------------------
@@ -131,15 +87,6 @@ def check_subgraphs(workflow: dict) -> None:
                 f"node {node['id']} is a subgraph ({subgraphs[node['type']] or node['type']}), which this converter "
                 "does not expand: unpack it in ComfyUI, or save the workflow with Export (API) and run that file"
             )
-
-
-def node_label(prompt: dict, node_id) -> str:
-    node = prompt.get(str(node_id))
-    if node is None:
-        return f"node {node_id}"
-    title = (node.get("_meta") or {}).get("title")
-    label = f"node {node_id} {node['class_type']}"
-    return label + (f' "{title}"' if title and title != node["class_type"] else "")
 
 
 def parse_set(spec: str) -> tuple[str, str, str]:
@@ -230,122 +177,6 @@ def build_prompt(path: Path, client: Client, sets: list[str]) -> tuple[dict, lis
     return prompt, apply_sets(prompt, sets, client, object_info)
 
 
-# --- reporting ----------------------------------------------------------------------------------
-
-
-def short(text, limit: int = 400) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def format_node_errors(prompt: dict, node_errors: dict) -> list[str]:
-    lines = []
-    for node_id, entry in node_errors.items():
-        label = node_label(prompt, node_id)
-        if label == f"node {node_id}" and entry.get("class_type"):
-            label += f" {entry['class_type']}"
-        for err in entry.get("errors", []):
-            input_name = (err.get("extra_info") or {}).get("input_name")
-            message, details = err.get("message", ""), err.get("details", "")
-            where = f" input {input_name!r}" if input_name and input_name not in str(details) else ""
-            text = f"{message}: {details}" if details and details != message else message
-            lines.append(f"  {label}{where}: {short(text)}")
-    return lines
-
-
-def report_refusal(prompt: dict, body) -> str:
-    if not isinstance(body, dict):
-        return f"the server refused the workflow: {short(body)}"
-    err = body.get("error") or {}
-    head = err.get("message", "refused") if isinstance(err, dict) else str(err)
-    details = err.get("details") if isinstance(err, dict) else ""
-    lines = [f"the server refused the workflow: {head}" + (f" ({short(details)})" if details else "")]
-    lines += format_node_errors(prompt, body.get("node_errors") or {})
-    return "\n".join(lines)
-
-
-def execution_error_text(prompt: dict, data: dict, verbose: bool = False) -> str:
-    label = node_label(prompt, data.get("node_id"))
-    if data.get("node_type") and data.get("node_type") not in label:
-        label += f" ({data['node_type']})"
-    text = f"{label} failed: {data.get('exception_type', 'error')}: {data.get('exception_message', '').strip()}"
-    if verbose and data.get("traceback"):
-        text += "\n" + "".join(data["traceback"]).rstrip()
-    return text
-
-
-class Progress:
-    """Node starts, step bars (in place on a terminal, every 10 % otherwise) and progress text."""
-
-    def __init__(self, prompt: dict, stream=sys.stdout):
-        self.prompt, self.out = prompt, stream
-        self.tty = stream.isatty()
-        self.bar_open = False  # a \r line is on screen
-        self.text = ""  # latest progress text of the running node
-        self.pending = None  # (value, max) due to print (non-tty) once its text arrives
-        self.last_decile = -1
-        self.last = None  # (value, max) of the latest step
-
-    def _line(self, text: str) -> None:
-        self.flush()
-        if self.bar_open:
-            self.out.write("\n")
-            self.bar_open = False
-        self.out.write(text + "\n")
-        self.out.flush()
-
-    def _bar(self, value: int, maximum: int) -> str:
-        frac = value / maximum if maximum else 1.0
-        filled = int(frac * 24)
-        tail = f"  {self.text}" if self.text else ""
-        return f"    [{'#' * filled}{'.' * (24 - filled)}] {value}/{maximum} {frac:4.0%}{tail}"
-
-    def node_start(self, node_id) -> None:
-        self.text, self.last_decile, self.last = "", -1, None
-        self._line(f"  {node_label(self.prompt, node_id)}")
-
-    def step(self, value: int, maximum: int) -> None:
-        self.last = (value, maximum)
-        if self.tty:
-            self.out.write("\r" + self._bar(value, maximum) + "\x1b[K")
-            self.out.flush()
-            self.bar_open = True
-            return
-        decile = int(10 * value / maximum) if maximum else 10
-        if decile != self.last_decile or value == maximum:
-            self.flush()
-            self.last_decile = decile
-            self.pending = (value, maximum)
-
-    def progress_text(self, text: str) -> None:
-        self.text = text.strip().replace("\n", " ")
-        if self.tty:
-            if self.bar_open and self.last:
-                self.out.write("\r" + self._bar(*self.last) + "\x1b[K")
-                self.out.flush()
-            else:
-                self._line(f"    {self.text}")
-        elif self.pending is not None:  # otherwise shown with the next 10 % step
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending is not None:
-            value, maximum = self.pending
-            self.pending = None
-            self.out.write(self._bar(value, maximum) + "\n")
-            self.out.flush()
-
-    def note(self, text: str) -> None:
-        self._line(text)
-
-    def close(self) -> None:
-        self.flush()
-        if self.bar_open:
-            self.out.write("\n")
-            self.bar_open = False
-        self.out.flush()
-
-
 # --- running ------------------------------------------------------------------------------------
 
 
@@ -354,25 +185,6 @@ def submit(client: Client, prompt: dict, client_id: str) -> tuple[str, dict]:
     if status != 200 or not isinstance(body, dict) or "prompt_id" not in body:
         raise Refused(report_refusal(prompt, body))
     return body["prompt_id"], body.get("node_errors") or {}
-
-
-def fetch_history(client: Client, prompt_id: str) -> dict | None:
-    return client.get_json(f"/history/{urllib.parse.quote(prompt_id)}").get(prompt_id)
-
-
-def history_error(history: dict) -> tuple[str, dict] | None:
-    for event, data in (history.get("status") or {}).get("messages", []):
-        if event in ("execution_error", "execution_interrupted"):
-            return event, data
-    return None
-
-
-def text_frame(msg: bytes) -> tuple[str, str] | None:
-    """(node id, text) of a binary progress-text frame: event 3, node id length, node id, UTF-8 text."""
-    if len(msg) < 8 or struct.unpack(">I", msg[:4])[0] != TEXT_FRAME:
-        return None
-    (n,) = struct.unpack(">I", msg[4:8])
-    return bytes(msg[8 : 8 + n]).decode(errors="replace"), bytes(msg[8 + n :]).decode("utf-8", errors="replace")
 
 
 def follow_websocket(ws, client: Client, prompt: dict, prompt_id: str, deadline: float, progress: Progress, verbose):
@@ -427,34 +239,6 @@ def follow_websocket(ws, client: Client, prompt: dict, prompt_id: str, deadline:
             raise RunFailed(f"interrupted in {node_label(prompt, data.get('node_id'))}")
         elif kind == "execution_success":
             return True
-
-
-def poll_history(client: Client, prompt_id: str, deadline: float, interval: float) -> dict | None:
-    """The prompt's finished history entry, or None at the deadline."""
-    while True:
-        history = fetch_history(client, prompt_id)
-        if history is not None and (history.get("status") or {}).get("completed") is not None:
-            return history
-        if time.time() >= deadline:
-            return None
-        time.sleep(interval)
-
-
-def cancel(client: Client, prompt_id: str) -> None:
-    """Take the prompt off the queue, or interrupt it if it is running."""
-    try:
-        client.post_json("/queue", {"delete": [prompt_id]})
-        client.post_json("/interrupt", {"prompt_id": prompt_id})
-    except RunFailed:
-        pass
-
-
-def safe_relpath(subfolder: str, filename: str) -> Path:
-    parts = [p for p in Path(subfolder or "").parts + Path(filename).parts if p not in ("", ".", "..", "/")]
-    parts = [p for p in parts if not os.path.isabs(p)]
-    if not parts:
-        raise RunFailed(f"the server listed an output with no usable file name: {subfolder!r}/{filename!r}")
-    return Path(*parts)
 
 
 def download_outputs(client: Client, prompt: dict, history: dict, out_dir: Path) -> tuple[list[Path], list[str]]:

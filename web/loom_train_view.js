@@ -9,7 +9,7 @@
 // reset()); the chart follows api.dispatchCustomEvent("progress_text", {nodeId: String(node.id), text}) too.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { parseLossText, smooth } from "./loom_stack_rows.js";
+import { formatLoss, parseLossText, smooth } from "./loom_loss_series.js";
 
 const NODE_NAME = "LoomTrainLora";
 const WIDGET_TYPE = "loom_loss_chart";
@@ -22,12 +22,6 @@ const STATE_TEXT = { idle: "waiting for a run", running: "training", done: "done
                      error: "failed", stopped: "stopped" };
 
 const charts = new Set(); // the LossChart of every trainer node on the page
-
-function formatLoss(value) {
-  if (!Number.isFinite(value)) return String(value);
-  const abs = Math.abs(value);
-  return abs !== 0 && (abs < 1e-3 || abs >= 1e4) ? value.toExponential(2) : value.toPrecision(4);
-}
 
 class LossChart {
   constructor(node) {

@@ -62,7 +62,7 @@ and the token, as in :mod:`lora_math.blocks`, and saying what to write instead. 
 """
 
 from .blocks import BlockSchedules, parse_any_schedule, parse_block_schedules
-from .curve import MODES, Plateau, Schedule, step_progress
+from .curve import MODES, Plateau, Schedule, format_number, step_progress
 from .presets import PRESETS, preset
 from .text import parse_schedule
 
@@ -72,6 +72,7 @@ __all__ = [
     "BlockSchedules",
     "Plateau",
     "Schedule",
+    "format_number",
     "parse_any_schedule",
     "parse_block_schedules",
     "parse_schedule",

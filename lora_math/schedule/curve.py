@@ -62,7 +62,7 @@ class Schedule:
         if self.unit not in _UNITS:
             raise ValueError(f"Schedule: unit {self.unit!r} is neither 'progress' nor 'steps'")
         for i, (position, strength) in enumerate(keyframes):
-            where = f"Schedule: keyframe {i + 1} ({_fmt(position)}, {_fmt(strength)})"
+            where = f"Schedule: keyframe {i + 1} ({format_number(position)}, {format_number(strength)})"
             if not (math.isfinite(position) and math.isfinite(strength)):
                 raise ValueError(f"{where}: positions and strengths must be finite numbers")
             problem = range_problem(position, self.unit) or (
@@ -170,8 +170,8 @@ class Schedule:
         main = _main_mode(self.modes)
         parts = []
         for i, (position, strength) in enumerate(self.keyframes):
-            pos = f"@{int(position)}" if self.unit == "steps" else _fmt(position)
-            part = f"{pos}:{_fmt(strength)}"
+            pos = f"@{int(position)}" if self.unit == "steps" else format_number(position)
+            part = f"{pos}:{format_number(strength)}"
             if i < len(self.modes) and self.modes[i] != main:
                 part += f" {self.modes[i]}"
             parts.append(part)
@@ -194,19 +194,19 @@ def _main_mode(modes: tuple[str, ...]) -> str:
 def range_problem(position: float, unit: str) -> str | None:
     if unit == "steps":
         if position < 0 or not position.is_integer():
-            return f"step position {_fmt(position)} must be a whole step index >= 0"
+            return f"step position {format_number(position)} must be a whole step index >= 0"
         return None
     if not 0.0 <= position <= 1.0:
         hint = ""
         if position > 1 and position.is_integer():
             n = int(position)
             hint = f"; for step {n} write '@{n}', for {n} percent write '{n}%'"
-        return f"position {_fmt(position)} is outside 0..1 (0 = start of sampling, 1 = end){hint}"
+        return f"position {format_number(position)} is outside 0..1 (0 = start of sampling, 1 = end){hint}"
     return None
 
 
 def order_problem(position: float, previous: float, unit: str) -> str | None:
-    show = (lambda p: f"@{int(p)}") if unit == "steps" else _fmt
+    show = (lambda p: f"@{int(p)}") if unit == "steps" else format_number
     if position == previous:
         return (
             f"position {show(position)} repeats the previous keyframe's; positions must increase "
@@ -220,7 +220,7 @@ def order_problem(position: float, previous: float, unit: str) -> str | None:
     return None
 
 
-def _fmt(value: float) -> str:
+def format_number(value: float) -> str:
     """Shortest text that reads back to exactly ``value`` (``1`` not ``1.0``)."""
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import collections
 import weakref
 from collections.abc import Sequence
 
 from ...lora_math.errors import LoraShapeError
 from ...lora_math.formats import ParsedLoRA
+from ...lora_math.lru import LRU
 from ...lora_math.names import families, keymap, near_misses
 
 _MATCH_CACHE_SIZE = 64
@@ -24,7 +24,7 @@ class ModelInfo:
         self.eligible: dict[str, bool] = {}
         # (id(parsed), models) -> match. Entries die with their parsed file (the file cache decides how
         # long that lives), so this cache never keeps a LoRA's tensors in memory on its own.
-        self.matches: collections.OrderedDict = collections.OrderedDict()
+        self.matches: LRU = LRU(_MATCH_CACHE_SIZE)
 
 
 _infos: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -59,23 +59,19 @@ def cached_match(name: str, parsed: ParsedLoRA, input_name: str, models: Sequenc
     ``input_name`` and the file when nothing in the file matches or a module does not fit its weight."""
     cache = models[0].matches
     token = (id(parsed), *(id(i) for i in models))
-    if token in cache:
-        cache.move_to_end(token)
-        match = cache[token]
-    else:
+    match = cache.get(token)
+    if match is None:
         keys: dict[str, tuple[int, ...]] = {}
         for found in models:
             keys.update(found.keys)
         try:
-            match = cache[token] = keymap.match(parsed, keys)
+            match = cache.put(token, keymap.match(parsed, keys))
         except LoraShapeError as exc:  # the message names the module and weights; the user picks the file
             lora, model = _families(parsed, keys)
             told = "unknown" not in (lora, model) and lora != model
             differ = f" is a {lora} LoRA and this model is {model}" if told else ""
             raise LoraShapeError(f"{input_name}: '{name}'{differ}: {exc}") from exc
         weakref.finalize(parsed, cache.pop, token, None)  # before its id can be reused
-        while len(cache) > _MATCH_CACHE_SIZE:
-            cache.popitem(last=False)
     if not match.patches:
         keys = {k: v for found in models for k, v in found.keys.items()}
         hint = near_misses.diagnose(parsed, keys)

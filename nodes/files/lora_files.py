@@ -5,18 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import folder_paths
 
 from ...lora_math import formats
 from ...lora_math.formats import io
+from ...lora_math.lru import LRU
+from ...lora_math.stack import check_name
 
-_CACHE_SIZE = 16
-_cache: OrderedDict[tuple, formats.ParsedLoRA] = OrderedDict()
-_lock = threading.Lock()
+# (path, size, mtime) -> parsed file / sha256: a changed file is a new key; bounded, least recently used out first
+_cache: LRU[tuple, formats.ParsedLoRA] = LRU(16)
+_hashes: LRU[tuple, str] = LRU(256)
 
 
 def lora_names() -> list[str]:
@@ -35,12 +35,7 @@ def validate(name: str | None, input_name: str = "lora_name") -> bool | str:
 
 
 def resolve(name: str, input_name: str = "lora_name") -> Path:
-    parts = Path(name.replace("\\", "/")).parts
-    if not name or Path(name).is_absolute() or ".." in parts:
-        raise ValueError(
-            f"{input_name}: '{name}' is not a LoRA name: use a name from the `loras` list "
-            "(a file under a `loras` folder; no absolute paths, no '..')"
-        )
+    check_name(name, input_name)
     path = folder_paths.get_full_path("loras", name)
     if path is None:
         raise ValueError(
@@ -68,23 +63,16 @@ def load(name: str, input_name: str = "lora_name") -> formats.ParsedLoRA:
     path = resolve(name, input_name)
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns)
-    with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
+    cached = _cache.get(key)
+    if cached is not None:
+        return cached
     try:
         tensors, metadata = io.load_state_dict(path)
         parsed = formats.parse(tensors, metadata, _sidecar_config(path))
     except ValueError as e:
         raise ValueError(f"{input_name}: {e}") from e
-    with _lock:
-        _cache[key] = parsed
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
+    _cache.put(key, parsed)
     return parsed
-
-
-_hashes: dict[tuple[str, int, int], str] = {}
 
 
 def sha256(name: str, input_name: str = "lora_name") -> str:
@@ -92,13 +80,11 @@ def sha256(name: str, input_name: str = "lora_name") -> str:
     path = resolve(name, input_name)
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns)
-    with _lock:
-        if key in _hashes:
-            return _hashes[key]
+    cached = _hashes.get(key)
+    if cached is not None:
+        return cached
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
-    with _lock:
-        _hashes[key] = digest.hexdigest()
-    return _hashes[key]
+    return _hashes.put(key, digest.hexdigest())

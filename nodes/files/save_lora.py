@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
 
 import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
 from ...lora_math import save as lora_save
-from ..load.stack import LoraStackEntry
+from ...lora_math.stack import LoraStackEntry, check_name
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 DEFAULT_PREFIX = "loom/my_lora"
@@ -32,11 +32,8 @@ def relative_name(filename_prefix: str) -> str:
     where = f"filename_prefix: {filename_prefix!r}"
     if not text:
         raise ValueError(f"{where} is empty; give a name such as {DEFAULT_PREFIX!r}")
-    if text.startswith("/") or PureWindowsPath(text).drive or PureWindowsPath(text).is_absolute():
-        raise ValueError(f"{where} is an absolute path; give a name under the `loras` folder, e.g. {DEFAULT_PREFIX!r}")
+    check_name(text, "filename_prefix", f"give a name under the `loras` folder, e.g. {DEFAULT_PREFIX!r}")
     parts = PurePosixPath(text).parts
-    if ".." in parts:
-        raise ValueError(f"{where} leaves the `loras` folder ('..'); give a name under it, e.g. {DEFAULT_PREFIX!r}")
     if text.endswith("/") or not parts:
         raise ValueError(f"{where} ends in a folder; add a file name, e.g. {text}my_lora")
     bad = _BAD_CHARS.search(text)
@@ -98,6 +95,38 @@ def _rank_alpha(lora) -> str:
     rank = f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}-{ranks[-1]}"
     alpha = f"alpha {alphas[0]:g}" if len(alphas) == 1 else f"alphas {alphas[0]:g}-{alphas[-1]:g}"
     return f"{rank}, {alpha}"
+
+
+def _kohya_names(lora) -> dict[str, str]:
+    """The kohya name of every module; SD1.x/SD2 names need the model's full key list, which the LoRA carries."""
+    keys = _model_keys(lora)
+    unet = any(k.startswith(lora_save.UNET_PREFIX) for k in lora.modules)
+    if keys is None and unet and lora.arch in ("sd15", "sd2"):
+        again = (
+            "train it again with the current Loom Train LoRA"
+            if lora.operation == "train"
+            else f"run the Loom LoRA utility ({lora.operation}) again with the current LoRA Loom"
+        )
+        raise ValueError(
+            "lora: this LoRA carries no list of the model's weight keys (base['model_keys']), which SD1.x/SD2 "
+            f"names need; {again}"
+        )
+    return lora_save.kohya_names(lora_save.named_keys(lora), lora.arch, keys)
+
+
+def _report(lora, shown: str, path: Path, root: Path, save_dtype: str) -> str:
+    size = path.stat().st_size
+    text = (
+        f"saved {shown} ({len(lora.modules)} modules{_diffs(lora)}, {_rank_alpha(lora)}, {save_dtype}, "
+        f"{size / 2**20:.1f} MiB) in {root}"
+    )
+    if lora.operation == "train":
+        text += f"; resume state: {lora_save.state_path(path).name}"
+    else:
+        text += f"; {_made_by(lora)}"
+    if lora.interrupted:
+        text += f"; training was interrupted at step {lora.step}"
+    return text
 
 
 class LoomSaveLora(io.ComfyNode):
@@ -174,33 +203,11 @@ class LoomSaveLora(io.ComfyNode):
         root = Path(folder_paths.get_folder_paths("loras")[0])
         path = root.joinpath(*rel.split("/"))
 
-        keys = _model_keys(lora)
-        unet = any(k.startswith(lora_save.UNET_PREFIX) for k in lora.modules)
-        if keys is None and unet and lora.arch in ("sd15", "sd2"):
-            again = (
-                "train it again with the current Loom Train LoRA"
-                if lora.operation == "train"
-                else f"run the Loom LoRA utility ({lora.operation}) again with the current LoRA Loom"
-            )
-            raise ValueError(
-                "lora: this LoRA carries no list of the model's weight keys (base['model_keys']), which SD1.x/SD2 "
-                f"names need; {again}"
-            )
-        names = lora_save.kohya_names(lora_save.named_keys(lora), lora.arch, keys)
+        names = _kohya_names(lora)
         lora_save.save(path, lora, names, scope, PurePosixPath(rel).stem, overwrite=overwrite, dtype=DTYPES[save_dtype])
         if hasattr(folder_paths, "filename_list_cache"):  # list it at once, even where mtimes are coarse
             folder_paths.filename_list_cache.pop("loras", None)
 
         shown = os.path.join(*rel.split("/"))  # as ComfyUI's loader lists name it on this system
-        size = path.stat().st_size
-        text = (
-            f"saved {shown} ({len(lora.modules)} modules{_diffs(lora)}, {_rank_alpha(lora)}, {save_dtype}, "
-            f"{size / 2**20:.1f} MiB) in {root}"
-        )
-        if lora.operation == "train":
-            text += f"; resume state: {lora_save.state_path(path).name}"
-        else:
-            text += f"; {_made_by(lora)}"
-        if lora.interrupted:
-            text += f"; training was interrupted at step {lora.step}"
+        text = _report(lora, shown, path, root, save_dtype)
         return io.NodeOutput(shown, [LoraStackEntry(shown, 1.0, 1.0)], ui=ui.PreviewText(text))

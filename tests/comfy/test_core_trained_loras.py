@@ -99,7 +99,7 @@ def test_loom_resaves_a_core_trained_lora_as_kohya_with_metadata(pack, sd15, cor
     model, _, _ = sd15
     rows = json.dumps([{"name": core_file.name, "model": 1.0, "clip": 0.0}])
     stack = pack.nodes.load.stack.LoomLoraStack.execute(model=model, rows=rows).result[2]
-    lora, text = pack.nodes.tools.utilities.LoomMergeLoras.execute(model=model, lora_stack=stack, mode="exact").result
+    lora, text = pack.nodes.tools.merge.LoomMergeLoras.execute(model=model, lora_stack=stack, mode="exact").result
     assert "bias/norm updates are full diffs" in text and len(lora.diffs) == 45 + 122, text
     saved = pack.nodes.files.save_lora.LoomSaveLora.execute(
         lora=lora, filename_prefix="loom-test/core_resaved", overwrite=True

@@ -75,7 +75,7 @@ def test_exact_merge_equals_the_stack_applied(pack, sd15, files, originals):
         entry(pack, files["b"], -0.6, 1.0),
         entry(pack, files["loha"], 0.7, 0.3),
     ]
-    lora, report = pack.nodes.tools.utilities.LoomMergeLoras.execute(
+    lora, report = pack.nodes.tools.merge.LoomMergeLoras.execute(
         model=model, clip=clip, lora_stack=stack, mode="exact"
     ).result
     want_model, want_clip = applied(pack, model, clip, stack)
@@ -114,7 +114,7 @@ def test_compressed_merge_error_falls_with_rank_and_matches_the_dropped_singular
     keys = [k for k in want_model if k.endswith("attn1.to_q.weight")][:3]
     errors = []
     for rank in (2, 4, 8):
-        lora, report = pack.nodes.tools.utilities.LoomMergeLoras.execute(
+        lora, report = pack.nodes.tools.merge.LoomMergeLoras.execute(
             model=model, lora_stack=stack, mode="compressed", rank=rank
         ).result
         assert lora.rank == rank and f"rank {rank}" in report
@@ -132,7 +132,7 @@ def test_compressed_merge_error_falls_with_rank_and_matches_the_dropped_singular
 
 def test_resize_matches_a_full_svd_per_module(pack, sd15, files, originals):
     model, clip, _ = sd15
-    resize = pack.nodes.tools.utilities.LoomResizeLora.execute
+    resize = pack.nodes.tools.resize.LoomResizeLora.execute
     lora, report = resize(
         model=model, clip=clip, lora_name=files["a"], method="energy", rank=8, dynamic_param=0.9
     ).result
@@ -153,7 +153,7 @@ def test_resize_matches_a_full_svd_per_module(pack, sd15, files, originals):
 @pytest.mark.parametrize("name", ["loha", "dora"])
 def test_convert_to_plain_lora(pack, sd15, files, originals, name):
     model, clip, _ = sd15
-    lora, report = pack.nodes.tools.utilities.LoomConvertLora.execute(
+    lora, report = pack.nodes.tools.resize.LoomConvertLora.execute(
         model=model, clip=clip, lora_name=files[name], rank=6
     ).result
     keys = list(lora.modules)
@@ -181,7 +181,7 @@ def test_extract_recovers_a_known_difference(pack, sd15, files, originals):
             noise = torch.randn(w.shape, generator=g) * 3e-3
             added[key] = (low + noise).double()
             w += low + noise
-    extract = pack.nodes.tools.utilities.LoomExtractLora.execute
+    extract = pack.nodes.tools.extract.LoomExtractLora.execute
     lora, report = extract(model_tuned=tuned, model_base=model, target="attention", method="rank", rank=3).result
     assert set(added) <= set(lora.modules)  # untouched layers are left out (zero difference)
     assert len(lora.modules) == len(added) and "had no update" in report
@@ -256,7 +256,7 @@ def test_balance_keeps_the_combined_update_in_budget(pack, sd15, files):
     stack = [entry(pack, files["a"], 1.0, 0.8), entry(pack, files["a"], 0.6, 0.4, "OUT:0"), entry(pack, files["b"])]
     before, _ = pack.nodes.tools.interference.analyse(model, clip, stack)
     budget = before.worst("model").combined / 2
-    out, text = pack.nodes.tools.interference.LoomBalanceStack.execute(
+    out, text = pack.nodes.tools.balance.LoomBalanceStack.execute(
         model=model, clip=clip, lora_stack=stack, budget=budget
     ).result
     after, _ = pack.nodes.tools.interference.analyse(model, clip, out)
@@ -265,7 +265,7 @@ def test_balance_keeps_the_combined_update_in_budget(pack, sd15, files):
     ratios = [o[1] / s[1] for o, s in zip(out, stack, strict=True)]
     assert max(ratios) == pytest.approx(min(ratios)) and ratios[0] == pytest.approx(0.5, rel=1e-6)
     assert out[1].blocks == "OUT:0" and "model strengths ×0.5000" in text
-    same, text = pack.nodes.tools.interference.LoomBalanceStack.execute(
+    same, text = pack.nodes.tools.balance.LoomBalanceStack.execute(
         model=model, lora_stack=stack, budget=budget * 10
     ).result
     assert [tuple(e) for e in same] == [tuple(e) for e in stack] and "unchanged" in text
@@ -273,7 +273,7 @@ def test_balance_keeps_the_combined_update_in_budget(pack, sd15, files):
 
 def test_bad_inputs_get_clear_errors(pack, sd15, files, loras):
     model, clip, _ = sd15
-    merge = pack.nodes.tools.utilities.LoomMergeLoras.execute
+    merge = pack.nodes.tools.merge.LoomMergeLoras.execute
     with pytest.raises(ValueError, match="^lora_stack: the stack is empty"):
         merge(model=model, lora_stack=[], mode="exact")
     with pytest.raises(ValueError, match="^lora_stack: the stack is empty"):
@@ -290,12 +290,12 @@ def test_bad_inputs_get_clear_errors(pack, sd15, files, loras):
         merge(model=model, lora_stack=[entry(pack, files["a"]), entry(pack, "sdxl-like.safetensors")], mode="exact")
     with pytest.raises(ValueError, match=r"^rank: 4096 is above the rank of diffusion_model\..* at most \d+\)"):
         merge(model=model, lora_stack=[entry(pack, files["a"])], mode="compressed", rank=4096)
-    resize = pack.nodes.tools.utilities.LoomResizeLora.execute
+    resize = pack.nodes.tools.resize.LoomResizeLora.execute
     with pytest.raises(ValueError, match="^dynamic_param: energy: 1.5 must be a fraction"):
         resize(model=model, lora_name=files["a"], method="energy", rank=8, dynamic_param=1.5)
     with pytest.raises(ValueError, match="^lora_name: LoRA 'missing.safetensors' is not in any `loras` folder"):
         resize(model=model, lora_name="missing.safetensors", method="rank", rank=4)
-    assert "missing.safetensors" in pack.nodes.tools.utilities.LoomResizeLora.validate_inputs("missing.safetensors")
+    assert "missing.safetensors" in pack.nodes.tools.resize.LoomResizeLora.validate_inputs("missing.safetensors")
 
 
 def test_text_encoder_weights_kohya_cannot_name_are_left_out_with_a_note(pack, sd15, loras):
@@ -311,7 +311,7 @@ def test_text_encoder_weights_kohya_cannot_name_are_left_out_with_a_note(pack, s
         },
         str(loras / "with-projection.safetensors"),
     )
-    lora, report = pack.nodes.tools.utilities.LoomMergeLoras.execute(
+    lora, report = pack.nodes.tools.merge.LoomMergeLoras.execute(
         model=model, clip=clip, lora_stack=[entry(pack, "with-projection.safetensors")], mode="exact"
     ).result
     assert list(lora.modules) == [f"{UNET}input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"]

@@ -246,7 +246,7 @@ def test_web_text_form_matches_lora_math(tmp_path, sched):
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["numbers"] == [sched._fmt(x) for x in JS_NUMBERS]
+    assert out["numbers"] == [sched.format_number(x) for x in JS_NUMBERS]
     for text in JS_TEXTS:
         js, expected = out["texts"][text], sched.parse_schedule(text)
         assert [tuple(k) for k in js["keyframes"]] == list(expected.keyframes), text

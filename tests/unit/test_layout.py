@@ -85,3 +85,34 @@ def test_model_patcher_writes_live_in_the_bridge():
         if lines:
             sites[str(path.relative_to(REPO))] = lines
     assert not sites, f"ModelPatcher writes outside nodes/comfy_bridge/: {sites}"
+
+
+# Product code: what a user runs (the pack, its web UI, the demo and setup scripts, the benchmarks).
+PRODUCT_GLOBS = ("*.py", "nodes/**/*.py", "lora_math/**/*.py", "web/*.js", "scripts/*.py", "bench/*.py")
+MAX_LINES = 400
+MAX_EXECUTE_LINES = 30
+
+
+def test_no_product_file_is_over_400_lines():
+    long = {}
+    for pattern in PRODUCT_GLOBS:
+        for path in REPO.glob(pattern):
+            lines = len(path.read_text().splitlines())
+            if lines > MAX_LINES:
+                long[str(path.relative_to(REPO))] = lines
+    assert not long, f"split these by what each part does (at most {MAX_LINES} lines a file): {long}"
+
+
+def test_every_node_execute_is_short():
+    import ast
+
+    found, long = 0, {}
+    for path in (REPO / "nodes").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef) and node.name == "execute":
+                found += 1
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_EXECUTE_LINES:
+                    long[f"{path.relative_to(REPO)}:{node.lineno}"] = lines
+    assert found >= 14, found  # every node of nodes.NODES has one
+    assert not long, f"node execute methods over {MAX_EXECUTE_LINES} lines (move the work into helpers): {long}"
