@@ -54,7 +54,8 @@ test-server-upstream: models setup-upstream
 test-gpu: models  ## skipped without CUDA; run on a GPU machine
 	$(PYTEST) tests/gpu -q -rs
 
-# GPU tier first: on CI it only reports skips, and the run should end on the tiers that execute tests.
+# GPU tier first: on CI it only reports skips, and the run should end on the tiers that execute tests. The tiers run
+# one after another: on CI's 2 cores the CPU-bound ones already use both (side by side they were no faster).
 test: lint test-gpu test-unit test-comfy test-comfy-upstream test-browser test-server test-server-upstream   ## everything CI runs
 
 bench: models

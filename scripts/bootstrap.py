@@ -229,7 +229,7 @@ def setup_upstream() -> None:
         write_stamp(UPSTREAM_STAMP, {"absent": UPSTREAM_HOW})
         log(f"no upstream ComfyUI: the upstream pass is skipped; {UPSTREAM_HOW}")
         return
-    ensure_venv(tree, UPSTREAM_VENV, UPSTREAM_TORCH_SPEC, UPSTREAM_SKIP_REQS)
+    ensure_venv(tree, UPSTREAM_VENV, UPSTREAM_TORCH_SPEC, UPSTREAM_SKIP_REQS, shared=VENV)
     link_pack(tree)
     version = comfyui_version(tree)
     write_stamp(UPSTREAM_STAMP, {"comfyui_dir": str(tree), "version": version, "venv": str(UPSTREAM_VENV)})
@@ -255,12 +255,25 @@ def comfy_requirements(comfy: Path, skip: set[str] = SKIP_REQS) -> list[str]:
     return reqs
 
 
-def ensure_venv(comfy: Path, venv: Path = VENV, torch_spec: list[str] = TORCH_SPEC, skip: set[str] = SKIP_REQS) -> None:
+def _site_packages(venv: Path) -> Path:
+    return venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+
+
+def ensure_venv(
+    comfy: Path,
+    venv: Path = VENV,
+    torch_spec: list[str] = TORCH_SPEC,
+    skip: set[str] = SKIP_REQS,
+    shared: Path | None = None,
+) -> None:
+    """A venv with ComfyUI's and the pack's requirements. ``shared``: another venv of the same Python whose packages
+    this one sees after its own (a .pth file), so pip finds torch and its CUDA libraries (~3 GB) there instead of
+    unpacking them a second time; whatever this ComfyUI needs in other versions is installed here and comes first."""
     reqs = comfy_requirements(comfy, skip) + EXTRA_RUNTIME
     pack_reqs = (REPO / "requirements.txt").read_text()
     dev_reqs = (REPO / "requirements-dev.txt").read_text()
     want = hashlib.sha256(
-        json.dumps([torch_spec, reqs, pack_reqs, dev_reqs, sys.version_info[:2]]).encode()
+        json.dumps([torch_spec, reqs, pack_reqs, dev_reqs, sys.version_info[:2], str(shared)]).encode()
     ).hexdigest()
     stamp = venv / ".loom-venv.json"
     python = venv / "bin" / "python"
@@ -271,6 +284,8 @@ def ensure_venv(comfy: Path, venv: Path = VENV, torch_spec: list[str] = TORCH_SP
     if not venv.exists():
         run([sys.executable, "-m", "venv", str(venv)], f"creating {venv.name}")
     py = str(python)
+    if shared is not None:
+        (_site_packages(venv) / "loom-shared.pth").write_text(f"{_site_packages(shared)}\n")
     # One resolver run for everything, so torch is never replaced by a later, looser requirement.
     cmd = [py, "-m", "pip", "install", "--progress-bar", "off", *torch_spec, *reqs]
     cmd += ["-r", str(REPO / "requirements.txt"), "-r", str(REPO / "requirements-dev.txt")]
