@@ -16,9 +16,10 @@ from .errors import LoraFormatError
 from .formats import ParsedLoRA
 from .formats.header import MAX_VALUE_CHARS, HeaderView, decode_value, header_view, trigger_words, writer
 from .names.families import from_file
-from .names.keymap import match, split_role
+from .names.keymap import match
 from .names.keytables import ARCHES, load_keytable
 from .names.near_misses import diagnose
+from .names.spellings import split_role
 
 __all__ = [
     "MAX_VALUE_CHARS",

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..adapters import Adapter, Full, Replace
+from .spellings import path_spellings, split_role
 
 __all__ = ["FAMILIES", "GROUPS", "from_file", "from_model_keys", "group_of"]
 
@@ -169,7 +170,6 @@ class _Evidence:
 
 
 def _gather(parsed) -> _Evidence:
-    from .keymap import path_spellings, split_role  # keymap uses this module: import at call time
 
     e = _Evidence()
     for name, adapter in parsed.modules.items():

@@ -19,7 +19,7 @@ import comfy.utils
 import torch
 
 from ...lora_math.formats import ParsedLoRA
-from ...lora_math.names import blocks, keymap
+from ...lora_math.names import blocks, keymap, spellings
 from ...lora_math.schedule import BlockSchedules, Schedule
 from ...lora_math.weights import bypass as bypass_math
 from ...lora_math.weights import inplace
@@ -88,7 +88,7 @@ def _split_unmatched(unmatched, has_model: bool, has_clip: bool) -> tuple[tuple[
     """Unmatched modules minus those for a component that is simply not connected."""
     real, skipped = [], 0
     for name in unmatched:
-        is_text = keymap.split_role(name)[0] in _TEXT_ROLES
+        is_text = spellings.split_role(name)[0] in _TEXT_ROLES
         if (is_text and not has_clip) or (not is_text and not has_model):
             skipped += 1
         else:

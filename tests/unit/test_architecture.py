@@ -144,3 +144,37 @@ def test_readme_layout_and_the_architecture_page_match_the_tree():
             assert f"`{root}/{package}/`" in page, f"docs/architecture.md does not place {root}/{package}/"
             in_readme = f"`{root}/{package}/`" in layout or re.search(rf"`{package}/`", layout)
             assert in_readme, f"README's layout does not name {root}/{package}/"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_circles_in_the_pack():
+    """Not even through an import inside a function (the usual way a circle hides)."""
+    modules = {_module_name(p): p for root in (LORA_MATH, NODES) for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for _, target, names in _relative_targets(path, REPO):
+            base = ".".join(target)
+            for candidate in [f"{base}.{n}" for n in names] + [base]:
+                if candidate in modules and candidate != name:
+                    edges.add(candidate)
+                    break
+        graph[name] = edges
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            raise AssertionError("import circle: " + " -> ".join([*trail[trail.index(name) :], name]))
+        if name in done:
+            return
+        for other in sorted(graph[name]):
+            if not other.endswith(".__init__") and not name.startswith(other + "."):  # a package's own __init__
+                visit(other, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
