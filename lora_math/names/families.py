@@ -170,7 +170,6 @@ class _Evidence:
 
 
 def _gather(parsed) -> _Evidence:
-
     e = _Evidence()
     for name, adapter in parsed.modules.items():
         role, path = split_role(name)
