@@ -22,6 +22,9 @@ projections):
   bypass_call_N             one model call with N LoRAs as a low-rank bypass (what static LoRAs would cost per call
                             on a dynamic model if they took the bypass; what scheduled LoRAs cost everywhere)
   bypass_over_base_N        bypass_call_N / base_forward
+  train_floor               one training step's forward and backward to the input, no LoRA (the floor)
+  loom_train_step           Loom's training step (forward + backward to its rank-16 factors on the attention preset)
+  loom_train_over_floor     loom_train_step / train_floor
 Run: ``python bench/launches.py [--json]`` (a minute or two on a CPU).
 """
 
@@ -106,13 +109,53 @@ class OpCounter:
             yield self
 
 
-def count(fn) -> int:
+def count(fn, grad: bool = False) -> int:
+    """Ops ``fn`` dispatches; under no_grad unless ``grad`` (a training step: forward and backward counted)."""
     import torch
 
     counter = OpCounter()
-    with torch.no_grad(), counter.active():
+    with torch.set_grad_enabled(grad), counter.active():
         fn()
     return counter.count
+
+
+TRAIN_RANK = 16  # the trainer's default rank, as in the issue's table and bench/train.py
+
+
+def train_counts(pack, patcher, x, t, kw) -> dict:
+    """One training step, forward + backward, on the full-size model (the optimizer's foreach step is not counted).
+
+    train_floor: the base forward and its backward to the input (what any trainer pays before its LoRA);
+    loom_train_step: Loom's trainer as it runs (``nodes.train.engine``): the attention preset, rank 16 fp32 factors
+    attached by ``comfy_bridge.train_hooks.trainable``, backward to the factors.
+    """
+    import functools
+
+    import torch
+    from lora_loom.lora_math.train import LoraFactors
+
+    engine = pack.nodes.train.engine
+    base = patcher.model
+    dm = base.diffusion_model
+    meta = torch.device("meta")
+    base.requires_grad_(False)
+    out = {}
+    with torch.no_grad():
+        grad_out = torch.empty_like(dm(x, t, **kw))
+    x_in = x.detach().clone().requires_grad_(True)
+    out["train_floor"] = count(lambda: torch.autograd.grad(dm(x_in, t, **kw), x_in, grad_out), grad=True)
+
+    arch = engine.arch_of(base)
+    modules = engine.target_modules(base, arch, "attention")
+    shapes = {k: (int(m.weight.shape[0]), int(m.weight.shape[1])) for k, m in modules.items()}
+    factors = LoraFactors(shapes, TRAIN_RANK, float(TRAIN_RANK), device=meta, compute_dtype=base.get_dtype())
+    sides = {m: functools.partial(factors.apply, k) for k, m in modules.items()}
+    params = factors.work_parameters()
+    with pack.nodes.comfy_bridge.train_hooks.trainable(base, sides, meta):
+        out["loom_train_step"] = count(lambda: torch.autograd.grad(dm(x, t, **kw), params, grad_out), grad=True)
+    out["train_targets"] = len(modules)
+    out["loom_train_over_floor"] = round(out["loom_train_step"] / out["train_floor"], 3)
+    return out
 
 
 def sdxl_on_meta():
@@ -223,6 +266,7 @@ def main() -> None:
     diffusion_model = base.model.diffusion_model
     result: dict = {"bench": "launches", "comfyui": version, "rank": RANK, "side": SIDE}
     result["base_forward"] = count(lambda: diffusion_model(x, t, **kw))
+    result |= train_counts(pack, base.clone(), x, t, kw)
 
     for n in (1, 3):
         loras, targets = attention_loras(base, n)

@@ -38,13 +38,16 @@ def diff_weight(
     return torch.einsum("m n ..., o m, n i -> o i ...", fp32(mid, device), up2, down2)
 
 
-def low_rank(x: Tensor, down: Tensor, up: Tensor, scale: float = 1.0, out: Tensor | None = None) -> Tensor:
+def low_rank(
+    x: Tensor, down: Tensor, up: Tensor, scale: float = 1.0, out: Tensor | None = None, *, inplace: bool = True
+) -> Tensor:
     """``scale · up (down x)`` for a linear layer (``x [..., in]``, down ``[r, in]``, up ``[out, r]``), in x's dtype.
 
     The scale goes on the rank-r hidden, the smallest tensor on the path. Under autocast the factors are left as
-    they are (autocast picks the dtype; the trainer's fp32 masters must keep their gradients). With ``out`` (the
-    base layer's output) the update is added to it: in place, as one ``addmm``, when ``out`` is contiguous and of
-    x's dtype (what a linear layer returns), else out of place.
+    they are (autocast picks the dtype). With ``out`` (the base layer's output) the update is added to it as one
+    ``addmm`` (scale, product and residual add in one kernel): in place when ``inplace`` and ``out`` is contiguous
+    and of x's dtype (what a linear layer returns: sampling), else into a new tensor (training: autograd keeps
+    ``out`` as it was, with no copy-on-write of a view).
     """
     if torch.is_autocast_enabled():
         down, up = down.to(x.device), up.to(x.device)
@@ -53,11 +56,13 @@ def low_rank(x: Tensor, down: Tensor, up: Tensor, scale: float = 1.0, out: Tenso
     hidden = F.linear(x, down)
     if out is None:
         return F.linear(hidden * scale if scale != 1.0 else hidden, up)
-    if out.dtype == hidden.dtype and out.is_contiguous():
-        flat = hidden.reshape(-1, hidden.shape[-1])
+    if out.dtype != hidden.dtype or up.dtype != hidden.dtype:
+        return out + F.linear(hidden * scale if scale != 1.0 else hidden, up).to(out.dtype)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    if inplace and out.is_contiguous():
         out.view(-1, out.shape[-1]).addmm_(flat, up.t(), alpha=scale)
         return out
-    return out + F.linear(hidden * scale if scale != 1.0 else hidden, up).to(out.dtype)
+    return torch.addmm(out.reshape(-1, out.shape[-1]), flat, up.t(), alpha=scale).view(out.shape)
 
 
 def bypass(

@@ -1,7 +1,8 @@
 """The training loop, pure torch: optimizer, LR schedule, gradient scaler, prior-preservation mix, stop, resume.
 
 Like minGPT's trainer, it knows nothing of the model it trains. The caller supplies a ``denoise(x, sigma, conds)``
-callable (the model's x̂0 estimate for a noised batch, with the LoRA side paths already attached to it), the model's
+callable (the model's x̂0 estimate for a noised batch, with the LoRA side paths already attached to it: they run
+``factors.apply``, on the working copies the loop keeps in step with the fp32 masters), the model's
 noise schedule (``sampling``: ComfyUI's ``model_sampling`` has exactly this shape) and callbacks for stopping and
 progress. The ComfyUI side (``nodes/train/engine.py``) supplies those; the unit tier drives the same loop on a toy
 denoiser.
@@ -189,14 +190,16 @@ def train(
                 "(the LoRA so far was not saved: it diverged)"
             )
         (scaler.scale(loss) if scaler is not None else loss).backward()
+        grads = factors.gather_grads()  # the working copies' gradients onto the fp32 masters
         if calls.after_backward is not None:
-            calls.after_backward([p.grad for p in params if p.grad is not None])
+            calls.after_backward(grads)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        factors.refresh()
         scheduler.step()
         history.append(value)
         done += 1

@@ -73,10 +73,11 @@ def trainable(
     device: torch.device,
     checkpointing: bool = False,
 ) -> Iterator[None]:
-    """For the ``with`` block: the base frozen, ``side_paths[module](x)`` added to each module's output, FLUX's
+    """For the ``with`` block: the base frozen, each module's output ``out`` replaced by ``side_paths[module](x, out)``
+    (the output with the LoRA's update added), FLUX's
     in-place norms fed copies, transformer blocks checkpointed if asked, ComfyUI in training mode.
 
-    base_model: ComfyUI's BaseModel (``patcher.model``); side paths get the module's input and return the update.
+    base_model: ComfyUI's BaseModel (``patcher.model``); side paths get the module's input and output.
     """
     diffusion_model = base_model.diffusion_model
     requires = {n: p.requires_grad for n, p in base_model.named_parameters()}
@@ -86,7 +87,7 @@ def trainable(
             base_model.requires_grad_(False)
             _normal_tensors(diffusion_model, device)
             for module, side in side_paths.items():
-                hooks.on_output(module, lambda m, x, out, _side=side: out + _side(x))
+                hooks.on_output(module, lambda m, x, out, _side=side: _side(x, out))
             for block in diffusion_model.modules():
                 for name in _INPLACE_NORMS.get(type(block).__name__, ()):
                     norm = getattr(block, name, None)

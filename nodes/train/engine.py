@@ -3,7 +3,7 @@
 The loop (optimizer, LR schedule, scaler, prior mix, resume) is pure torch; this module hands it what only ComfyUI
 knows: the layers to train (``targets``), the data (``dataset``), a ``denoise(x, sigma, conds)`` that runs the model's
 own ``apply_model``, the model's noise schedule, and ComfyUI's interrupt. The frozen base runs in its own dtype; only
-the targeted layers get a differentiable low-rank side path (``adapters.lora.low_rank``, hooked on by
+the targeted layers get a differentiable low-rank side path (``LoraFactors.apply``: one ``addmm``, hooked on by
 ``comfy_bridge.train_hooks``), so nothing rebuilds ``W + ΔW`` and no second copy of the model exists.
 
 ComfyUI runs nodes under ``torch.inference_mode``; tensors made there cannot be saved for backward, so the loop
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import comfy.model_management
 import torch
 
-from ...lora_math.adapters.lora import low_rank
 from ...lora_math.train import LoomLoRA, LoraFactors, loop
 from ...lora_math.train.loop import Item, Settings
 from .. import comfy_bridge
@@ -76,11 +75,9 @@ def train(run: Run) -> LoomLoRA:
     modules = target_modules(base, run.arch, s.target)
     shapes = {k: (int(m.weight.shape[0]), int(m.weight.shape[1])) for k, m in modules.items()}
     with torch.inference_mode(False), torch.enable_grad():
-        factors = LoraFactors(shapes, s.rank, s.alpha, device=device, seed=s.seed)
-        side_paths = {
-            module: functools.partial(low_rank, down=factors.down[key], up=factors.up[key], scale=factors.scale)
-            for key, module in modules.items()
-        }
+        compute = getattr(base, "manual_cast_dtype", None) or base.get_dtype()  # the dtype the layers run in
+        factors = LoraFactors(shapes, s.rank, s.alpha, device=device, seed=s.seed, compute_dtype=compute)
+        side_paths = {module: functools.partial(factors.apply, key) for key, module in modules.items()}
         with comfy_bridge.train_hooks.trainable(base, side_paths, device, s.gradient_checkpointing):
             return loop.train(
                 factors,

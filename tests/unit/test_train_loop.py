@@ -12,7 +12,6 @@ import math
 import pytest
 import torch
 
-from lora_math.adapters.lora import low_rank
 from lora_math.train import LoraFactors, loop
 
 DIM = 8
@@ -37,7 +36,7 @@ def toy(seed: int = 0, rank: int = 2, alpha: float = 2.0):
 
     def denoise(x, sigma, conds):
         flat = x.flatten(1)
-        predicted = base(flat) + low_rank(flat, factors.down[KEY], factors.up[KEY], factors.scale)
+        predicted = factors.apply(KEY, flat, base(flat))
         return (flat - sigma.view(-1, 1) * predicted).view_as(x)
 
     return factors, denoise
