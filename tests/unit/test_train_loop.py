@@ -135,3 +135,39 @@ def test_pick_draws_one_bucket_per_batch():
     for _ in range(20):
         batch = loop.pick(data, 2, rng)
         assert len({i.bucket for i in batch}) == 1
+
+
+def test_working_copies_in_the_model_dtype_train_the_fp32_masters():
+    """A bf16 model: the layers run on bf16 working copies (scale folded into up), the optimizer steps fp32 masters."""
+    s = settings(steps=60)
+    torch.manual_seed(1234)
+    base = torch.nn.Linear(DIM, DIM, bias=False).requires_grad_(False).to(torch.bfloat16)
+    factors = LoraFactors({KEY: (DIM, DIM)}, s.rank, s.alpha, seed=s.seed, compute_dtype=torch.bfloat16)
+
+    def denoise(x, sigma, conds):
+        flat = x.flatten(1).to(torch.bfloat16)
+        predicted = factors.apply(KEY, flat, base(flat)).float()
+        return (x.flatten(1) - sigma.view(-1, 1) * predicted).view_as(x)
+
+    lora = loop.train(factors, s, items(), denoise, ToySampling(), "eps", "toy", dtype=torch.bfloat16)
+    first, last = sum(lora.loss_history[:10]) / 10, sum(lora.loss_history[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+    assert factors.up[KEY].dtype == torch.float32 and factors.work_up[KEY].dtype == torch.bfloat16
+    # the working copies follow the masters: down as it is, up times the scale
+    assert torch.equal(factors.work_down[KEY], factors.down[KEY].detach().to(torch.bfloat16))
+    assert torch.equal(factors.work_up[KEY], (factors.up[KEY].detach() * factors.scale).to(torch.bfloat16))
+
+
+def test_the_fold_keeps_the_gradient_of_up():
+    """d loss / d up through ``scale · up`` in the working copy: the masters get exactly the unfolded gradient."""
+    factors = LoraFactors({KEY: (DIM, DIM)}, 2, 6.0, seed=1)  # scale 3
+    with torch.no_grad():
+        factors.up[KEY].normal_()
+    factors.refresh()
+    x = torch.randn(4, DIM, generator=torch.Generator().manual_seed(2))
+    factors.apply(KEY, x, torch.zeros(4, DIM)).square().sum().backward()
+    down_grad, up_grad = (g.clone() for g in factors.gather_grads())
+    down, up = factors.down[KEY].detach().requires_grad_(True), factors.up[KEY].detach().requires_grad_(True)
+    (3.0 * (x @ down.t()) @ up.t()).square().sum().backward()
+    assert torch.allclose(down_grad, down.grad, rtol=1e-5) and torch.allclose(up_grad, up.grad, rtol=1e-5)
+    assert factors.work_up[KEY].grad is None  # cleared for the next step
