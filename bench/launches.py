@@ -148,9 +148,12 @@ def train_counts(pack, patcher, x, t, kw) -> dict:
     arch = engine.arch_of(base)
     modules = engine.target_modules(base, arch, "attention")
     shapes = {k: (int(m.weight.shape[0]), int(m.weight.shape[1])) for k, m in modules.items()}
-    factors = LoraFactors(shapes, TRAIN_RANK, float(TRAIN_RANK), device=meta, compute_dtype=base.get_dtype())
+    groups = pack.nodes.train.targets.shared_inputs(modules)
+    factors = LoraFactors(
+        shapes, TRAIN_RANK, float(TRAIN_RANK), device=meta, compute_dtype=base.get_dtype(), groups=groups
+    )
     sides = {m: functools.partial(factors.apply, k) for k, m in modules.items()}
-    params = factors.work_parameters()
+    params = factors.leaves()
     with pack.nodes.comfy_bridge.train_hooks.trainable(base, sides, meta):
         out["loom_train_step"] = count(lambda: torch.autograd.grad(dm(x, t, **kw), params, grad_out), grad=True)
     out["train_targets"] = len(modules)

@@ -19,7 +19,7 @@ from ..errors import LoraShapeError
 from .ops import ConvArgs, layer_op
 from .shapes import coerce_alpha, fit_delta, fmt_shape, fp32, require_tensor, summarise
 
-__all__ = ["LoRA", "bypass", "diff_weight", "low_rank"]
+__all__ = ["LoRA", "bypass", "diff_weight", "low_rank", "up_project"]
 
 
 def diff_weight(
@@ -53,7 +53,15 @@ def low_rank(
         down, up = down.to(x.device), up.to(x.device)
     else:
         down, up = down.to(device=x.device, dtype=x.dtype), up.to(device=x.device, dtype=x.dtype)
-    hidden = F.linear(x, down)
+    return up_project(F.linear(x, down), up, scale, out, inplace=inplace)
+
+
+def up_project(
+    hidden: Tensor, up: Tensor, scale: float = 1.0, out: Tensor | None = None, *, inplace: bool = True
+) -> Tensor:
+    """The second half of :func:`low_rank`: ``scale · up hidden`` (``hidden [..., r]``), added to ``out`` when given
+    (one ``addmm``; in place only when ``inplace`` and ``out`` is contiguous). For callers that compute ``hidden``
+    themselves (one down-projection shared by several layers that read the same input)."""
     if out is None:
         return F.linear(hidden * scale if scale != 1.0 else hidden, up)
     if out.dtype != hidden.dtype or up.dtype != hidden.dtype:

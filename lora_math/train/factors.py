@@ -10,12 +10,13 @@ after the optimizer step the copies are refreshed (:meth:`LoraFactors.refresh`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import weakref
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from ..adapters.lora import low_rank
+from ..adapters.lora import low_rank, up_project
 
 
 class LoraFactors:
@@ -35,6 +36,7 @@ class LoraFactors:
         device: torch.device | str = "cpu",
         seed: int = 0,
         compute_dtype: torch.dtype = torch.float32,
+        groups: Sequence[Sequence[str]] = (),
     ) -> None:
         if rank < 1:
             raise ValueError(f"rank: must be at least 1, got {rank}")
@@ -54,7 +56,23 @@ class LoraFactors:
             self.down[key] = down.to(device).requires_grad_(True)
             self.up[key] = torch.zeros(out_features, rank, device=device, requires_grad=True)
         work = dict(device=self.device, dtype=compute_dtype)
-        self.work_down = {k: torch.empty(d.shape, **work).requires_grad_(True) for k, d in self.down.items()}
+        # Layers that read one input (q/k/v of self-attention, k/v of cross-attention) share one down-projection:
+        # their work_down are row blocks of one leaf, run as one matmul (its backward too).
+        self._groups: list[_Shared] = []
+        self._group_of: dict[str, tuple[_Shared, int]] = {}
+        for keys in groups:
+            keys = [k for k in dict.fromkeys(keys) if k in self.down]
+            if len(keys) < 2 or len({self.down[k].shape[1] for k in keys}) != 1:
+                continue
+            shared = _Shared(torch.empty(len(keys) * self.rank, self.down[keys[0]].shape[1], **work), self.rank)
+            self._groups.append(shared)
+            self._group_of |= {k: (shared, i) for i, k in enumerate(keys) if k not in self._group_of}
+        self.work_down = {
+            k: self._group_of[k][0].rows(self._group_of[k][1])
+            if k in self._group_of
+            else torch.empty(d.shape, **work).requires_grad_(True)
+            for k, d in self.down.items()
+        }
         self.work_up = {k: torch.empty(u.shape, **work).requires_grad_(True) for k, u in self.up.items()}
         self._grads = [torch.zeros_like(t) for t in self.parameters()]  # the masters' gradients, reused every step
         self.refresh()
@@ -71,14 +89,27 @@ class LoraFactors:
         """The working copies, in the order of :meth:`parameters`."""
         return [t for key in self.down for t in (self.work_down[key], self.work_up[key])]
 
+    def leaves(self) -> list[Tensor]:
+        """The tensors autograd differentiates: ungrouped ``work_down``, each shared down-projection, every
+        ``work_up``."""
+        downs = [w for k, w in self.work_down.items() if k not in self._group_of]
+        return [*downs, *(g.leaf for g in self._groups), *self.work_up.values()]
+
     def apply(self, key: str, x: Tensor, out: Tensor) -> Tensor:
-        """The layer ``key``'s output ``out`` (for input ``x``) with this LoRA's update added: one ``addmm``."""
-        return low_rank(x, self.work_down[key], self.work_up[key], out=out, inplace=False)
+        """The layer ``key``'s output ``out`` (for input ``x``) with this LoRA's update added: one ``addmm`` (and
+        the down-projection, once for the layers that share ``x``)."""
+        found = self._group_of.get(key)
+        if found is None:
+            return low_rank(x, self.work_down[key], self.work_up[key], out=out, inplace=False)
+        shared, index = found
+        return up_project(shared.hidden(x, index), self.work_up[key], out=out, inplace=False)
 
     @torch.no_grad()
     def refresh(self) -> None:
         """The working copies from the masters: ``down`` cast, ``scale · up`` cast (after an optimizer step, a load)."""
         downs, ups = list(self.down.values()), list(self.up.values())
+        for shared in self._groups:
+            shared.forget()
         torch._foreach_copy_(list(self.work_down.values()), downs)
         torch._foreach_copy_(list(self.work_up.values()), torch._foreach_mul(ups, self.scale))
 
@@ -87,13 +118,19 @@ class LoraFactors:
         """The masters' gradients (fp32) from the working copies' (``up``'s times the scale: d/d up of
         ``scale · up``); the working gradients are cleared. Returns the masters' gradients (a layer without one
         gets zeros)."""
+        grads = []
+        for key in self.down:
+            found = self._group_of.get(key)
+            down = found[0].grad_rows(found[1]) if found else self.work_down[key].grad
+            grads += [down, self.work_up[key].grad]
         work = self.work_parameters()
-        grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in work]
+        grads = [g if g is not None else torch.zeros_like(w) for g, w in zip(grads, work, strict=True)]
         torch._foreach_copy_(self._grads, grads)
         torch._foreach_mul_(self._grads[1::2], self.scale)
-        for master, grad, w in zip(self.parameters(), self._grads, work, strict=True):
+        for master, grad in zip(self.parameters(), self._grads, strict=True):
             master.grad = grad
-            w.grad = None
+        for leaf in self.leaves():
+            leaf.grad = None
         return self._grads
 
     def load(self, modules: Mapping[str, tuple[Tensor, Tensor]]) -> None:
@@ -119,3 +156,41 @@ class LoraFactors:
             k: (self.down[k].detach().float().cpu().clone(), self.up[k].detach().float().cpu().clone())
             for k in self.down
         }
+
+
+class _Shared:
+    """One down-projection for the layers that read one input: a leaf ``[n · r, in]`` whose row blocks are their
+    ``work_down``. The first of them called with an input runs it for all; the others take their part, and once
+    each has, it is forgotten: a checkpointed block's recomputation (which sees the same input tensor again) runs
+    it afresh, as the forward did. Any other input, or a layer called twice, runs it afresh too, so a wrong
+    grouping is only slower."""
+
+    def __init__(self, leaf: Tensor, rank: int) -> None:
+        self.leaf = leaf.requires_grad_(True)
+        self.rank = rank
+        self.size = leaf.shape[0] // rank
+        self.forget()
+
+    def rows(self, index: int) -> Tensor:
+        """The row block of layer ``index``: a view (refresh copies into it; autograd reaches the leaf)."""
+        return self.leaf.detach()[index * self.rank : (index + 1) * self.rank]
+
+    def grad_rows(self, index: int) -> Tensor | None:
+        grad = self.leaf.grad
+        return None if grad is None else grad[index * self.rank : (index + 1) * self.rank]
+
+    def hidden(self, x: Tensor, index: int) -> Tensor:
+        """Layer ``index``'s ``down x``."""
+        if self._input is None or self._input() is not x or index in self._served:
+            self._parts = torch.nn.functional.linear(x, self.leaf.to(x.dtype)).split(self.rank, dim=-1)
+            self._input, self._served = weakref.ref(x), set()
+        part = self._parts[index]
+        self._served.add(index)
+        if len(self._served) == self.size:
+            self.forget()
+        return part
+
+    def forget(self) -> None:
+        self._input: weakref.ref | None = None
+        self._parts: tuple[Tensor, ...] = ()
+        self._served: set[int] = set()

@@ -23,7 +23,7 @@ from ...lora_math.train import LoomLoRA, LoraFactors, loop
 from ...lora_math.train.loop import Item, Settings
 from .. import comfy_bridge
 from .dataset import batch_conds, caption_variants, concat_groups, encode_text, prepare
-from .targets import TARGETS, TRAIN_GUIDANCE, arch_of, distilled_guidance, family, target_modules
+from .targets import TARGETS, TRAIN_GUIDANCE, arch_of, distilled_guidance, family, shared_inputs, target_modules
 
 __all__ = [
     "TARGETS", "TRAIN_GUIDANCE", "Item", "Run", "Settings", "arch_of", "batch_conds", "caption_variants",
@@ -76,7 +76,8 @@ def train(run: Run) -> LoomLoRA:
     shapes = {k: (int(m.weight.shape[0]), int(m.weight.shape[1])) for k, m in modules.items()}
     with torch.inference_mode(False), torch.enable_grad():
         compute = getattr(base, "manual_cast_dtype", None) or base.get_dtype()  # the dtype the layers run in
-        factors = LoraFactors(shapes, s.rank, s.alpha, device=device, seed=s.seed, compute_dtype=compute)
+        groups = shared_inputs(modules)  # q/k/v that read one input share one down-projection
+        factors = LoraFactors(shapes, s.rank, s.alpha, device=device, seed=s.seed, compute_dtype=compute, groups=groups)
         side_paths = {module: functools.partial(factors.apply, key) for key, module in modules.items()}
         with comfy_bridge.train_hooks.trainable(base, side_paths, device, s.gradient_checkpointing):
             return loop.train(

@@ -171,3 +171,45 @@ def test_the_fold_keeps_the_gradient_of_up():
     (3.0 * (x @ down.t()) @ up.t()).square().sum().backward()
     assert torch.allclose(down_grad, down.grad, rtol=1e-5) and torch.allclose(up_grad, up.grad, rtol=1e-5)
     assert factors.work_up[KEY].grad is None  # cleared for the next step
+
+
+def _grouped_pair(groups):
+    shapes = {"q": (DIM, DIM), "k": (DIM, DIM), "v": (DIM, DIM)}
+    alone, shared = (LoraFactors(shapes, 2, 4.0, seed=5, groups=g) for g in ((), groups))
+    with torch.no_grad():
+        for f in (alone, shared):
+            for key in shapes:
+                f.up[key].copy_(torch.randn(DIM, 2, generator=torch.Generator().manual_seed(ord(key))))
+            f.refresh()
+    return alone, shared
+
+
+@pytest.mark.parametrize("same_input", [True, False])
+def test_layers_sharing_an_input_share_one_down_projection_with_the_same_result(same_input):
+    """q/k/v grouped: one down-projection for the three, the same outputs and master gradients as three (and a
+    wrong grouping, different inputs, is still right)."""
+    alone, shared = _grouped_pair([["q", "k", "v"]])
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, DIM, generator=gen)
+    inputs = {"q": x, "k": x, "v": x} if same_input else {k: torch.randn(4, DIM, generator=gen) for k in "qkv"}
+    results = []
+    for f in (alone, shared):
+        outs = [f.apply(k, inputs[k], torch.ones(4, DIM)) for k in "qkv"]
+        sum(o.square().sum() for o in outs).backward()
+        results.append((outs, [g.clone() for g in f.gather_grads()]))
+    (outs_a, grads_a), (outs_s, grads_s) = results
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outs_a, outs_s, strict=True))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_a, grads_s, strict=True))
+    assert len(shared.leaves()) == 4 and len(alone.leaves()) == 6  # one shared down + three ups
+    assert all(leaf.grad is None for leaf in shared.leaves())
+
+
+def test_shared_down_projection_follows_the_masters():
+    _, shared = _grouped_pair([["q", "k", "v"]])
+    with torch.no_grad():
+        shared.down["k"].add_(1.0)
+    shared.refresh()
+    assert torch.equal(shared.work_down["k"], shared.down["k"].detach())
+    x = torch.randn(2, DIM, generator=torch.Generator().manual_seed(4))
+    expected = x @ shared.down["k"].detach().t() @ (shared.up["k"].detach() * shared.scale).t()
+    assert torch.allclose(shared.apply("k", x, torch.zeros(2, DIM)), expected, atol=1e-6)
