@@ -14,7 +14,7 @@ from ...lora_math.lowrank.delta import Delta
 from .. import comfy_bridge
 from ..train import engine
 from . import stack_updates
-from .results import LOOM_LORA, finish, rule, rule_inputs
+from .results import finish, lora_and_report, rule, rule_inputs
 
 _CLIP_TARGETS = {
     "attention": re.compile(r"\.self_attn\.(q_proj|k_proj|v_proj|out_proj)\.weight$"),
@@ -103,10 +103,7 @@ class LoomExtractLora(io.ComfyNode):
                 io.Clip.Input("clip_tuned", optional=True, tooltip="Also extract the text encoder (with clip_base)."),
                 io.Clip.Input("clip_base", optional=True),
             ],
-            outputs=[
-                LOOM_LORA.Output("lora", display_name="LOOM_LORA"),
-                io.String.Output("report", display_name="report"),
-            ],
+            outputs=lora_and_report(),
         )
 
     @classmethod

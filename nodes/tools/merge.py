@@ -8,7 +8,7 @@ from comfy_api.latest import io, ui
 
 from ...lora_math.lowrank.delta import RankRule
 from . import stack_updates
-from .results import LOOM_LORA, compress_updates, finish, savable
+from .results import compress_updates, finish, lora_and_report, savable
 
 
 class LoomMergeLoras(io.ComfyNode):
@@ -28,10 +28,7 @@ class LoomMergeLoras(io.ComfyNode):
                 io.Int.Input("rank", default=64, min=1, max=4096, tooltip="Rank of every module (compressed mode)."),
                 io.Clip.Input("clip", optional=True, tooltip="Also merge the text-encoder parts (CLIP strengths)."),
             ],
-            outputs=[
-                LOOM_LORA.Output("lora", display_name="LOOM_LORA"),
-                io.String.Output("report", display_name="report"),
-            ],
+            outputs=lora_and_report(),
         )
 
     @classmethod

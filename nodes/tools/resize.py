@@ -10,7 +10,7 @@ from ...lora_math.lowrank.delta import RankRule
 from .. import comfy_bridge
 from ..files import lora_files
 from . import stack_updates
-from .results import LOOM_LORA, compress_updates, finish, rule, rule_inputs, savable
+from .results import compress_updates, finish, lora_and_report, rule, rule_inputs, savable
 
 
 def _single(model, clip, lora_name: str) -> comfy_bridge.LoraSpec:
@@ -62,10 +62,7 @@ class LoomResizeLora(io.ComfyNode):
                 *rule_inputs(16),
                 io.Clip.Input("clip", optional=True, tooltip="Also keep the text-encoder part of the LoRA."),
             ],
-            outputs=[
-                LOOM_LORA.Output("lora", display_name="LOOM_LORA"),
-                io.String.Output("report", display_name="report"),
-            ],
+            outputs=lora_and_report(),
         )
 
     @classmethod
@@ -93,10 +90,7 @@ class LoomConvertLora(io.ComfyNode):
                 io.Int.Input("rank", default=32, min=1, max=4096),
                 io.Clip.Input("clip", optional=True, tooltip="Also convert the text-encoder part of the LoRA."),
             ],
-            outputs=[
-                LOOM_LORA.Output("lora", display_name="LOOM_LORA"),
-                io.String.Output("report", display_name="report"),
-            ],
+            outputs=lora_and_report(),
         )
 
     @classmethod

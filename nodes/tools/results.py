@@ -14,6 +14,13 @@ from ..train import engine
 from . import stack_updates
 
 LOOM_LORA = io.Custom("LOOM_LORA")
+
+
+def lora_and_report() -> list:
+    """The outputs of every LoRA utility: the LOOM_LORA for Loom Save LoRA, and the report."""
+    return [LOOM_LORA.Output("lora", display_name="LOOM_LORA"), io.String.Output("report", display_name="report")]
+
+
 _RULE_TOOLTIP = (
     "rank: keep `rank` singular values per module. sv_ratio: keep those ≥ σ_max / dynamic_param. energy: keep the "
     "fewest whose squares hold dynamic_param (0..1) of the update's squared Frobenius norm. The dynamic methods "
