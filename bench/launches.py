@@ -25,6 +25,8 @@ projections):
   train_floor               one training step's forward and backward to the input, no LoRA (the floor)
   loom_train_step           Loom's training step (forward + backward to its rank-16 factors on the attention preset)
   loom_train_over_floor     loom_train_step / train_floor
+  flux_*                    the same three on the full-size FLUX.1-dev DiT (bf16, 1024², batch 1; its fused qkv
+                            and single-block linear1 are one layer each: no input shared between target layers)
 Run: ``python bench/launches.py [--json]`` (a minute or two on a CPU).
 """
 
@@ -125,7 +127,8 @@ TRAIN_RANK = 16  # the trainer's default rank, as in the issue's table and bench
 def train_counts(pack, patcher, x, t, kw) -> dict:
     """One training step, forward + backward, on the full-size model (the optimizer's foreach step is not counted).
 
-    train_floor: the base forward and its backward to the input (what any trainer pays before its LoRA);
+    train_floor: the base forward and its backward to the input (what any trainer pays before its LoRA; with the
+    trainer's hooks minus the side paths, which only FLUX's norm-input copies make a difference to);
     loom_train_step: Loom's trainer as it runs (``nodes.train.engine``): the attention preset, rank 16 fp32 factors
     attached by ``comfy_bridge.train_hooks.trainable``, backward to the factors.
     """
@@ -143,7 +146,10 @@ def train_counts(pack, patcher, x, t, kw) -> dict:
     with torch.no_grad():
         grad_out = torch.empty_like(dm(x, t, **kw))
     x_in = x.detach().clone().requires_grad_(True)
-    out["train_floor"] = count(lambda: torch.autograd.grad(dm(x_in, t, **kw), x_in, grad_out), grad=True)
+    # Under the trainer's hooks with no side path: what a model needs to train at all (FLUX's in-place residual
+    # adds after a norm that saved its input need that norm fed a copy, in 0.3.75; see bench/train.py).
+    with pack.nodes.comfy_bridge.train_hooks.trainable(base, {}, meta):
+        out["train_floor"] = count(lambda: torch.autograd.grad(dm(x_in, t, **kw), x_in, grad_out), grad=True)
 
     arch = engine.arch_of(base)
     modules = engine.target_modules(base, arch, "attention")
@@ -173,6 +179,39 @@ def sdxl_on_meta():
         base = config.get_model({}, device="meta")
     meta = torch.device("meta")
     return comfy.model_patcher.ModelPatcher(base, load_device=meta, offload_device=meta)
+
+
+# Full-size FLUX.1-dev DiT, as ComfyUI's detection reads it from a checkpoint (bench/train.py builds the same).
+FLUX_FULL = dict(
+    image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
+    mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000,
+    patch_size=2, qkv_bias=True, guidance_embed=True,
+)  # fmt: skip
+
+
+def flux_on_meta():
+    """A ModelPatcher around ComfyUI's FLUX.1-dev BaseModel built on ``meta`` (bf16)."""
+    import comfy.model_detection
+    import comfy.model_patcher
+    import torch
+    from comfy_env import flux_dit_config
+
+    config = comfy.model_detection.model_config_from_unet_config(flux_dit_config(FLUX_FULL))
+    config.set_inference_dtype(torch.bfloat16, None)
+    with torch.device("meta"):
+        base = config.get_model({}, device="meta")
+    meta = torch.device("meta")
+    return comfy.model_patcher.ModelPatcher(base, load_device=meta, offload_device=meta)
+
+
+def flux_inputs():
+    """One 1024² image (batch 1, as the trainer's default), T5 context of 512 tokens, pooled CLIP, guidance 1."""
+    import torch
+
+    meta = dict(device="meta", dtype=torch.bfloat16)
+    kw = {"context": torch.empty(1, 512, 4096, **meta), "y": torch.empty(1, 768, **meta)}
+    kw["guidance"] = torch.empty(1, device="meta")
+    return torch.empty(1, 16, SIDE // 8, SIDE // 8, **meta), torch.empty(1, device="meta"), kw
 
 
 def sdxl_inputs():
@@ -270,6 +309,8 @@ def main() -> None:
     result: dict = {"bench": "launches", "comfyui": version, "rank": RANK, "side": SIDE}
     result["base_forward"] = count(lambda: diffusion_model(x, t, **kw))
     result |= train_counts(pack, base.clone(), x, t, kw)
+    flux = train_counts(pack, flux_on_meta(), *flux_inputs())
+    result |= {f"flux_{k}": v for k, v in flux.items()}
 
     for n in (1, 3):
         loras, targets = attention_loras(base, n)

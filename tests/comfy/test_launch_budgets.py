@@ -18,10 +18,13 @@ import launches  # noqa: E402
 def sdxl_meta(monkeypatch):
     """The model on ``meta`` with PyTorch's attention (one SDPA call, as on a GPU, and as the bench runs): the CPU's
     default attention sizes its chunks from free memory, which ``meta`` has none of."""
+    import comfy.ldm.flux.math as flux_math
     import comfy.ldm.modules.attention as attention
 
-    monkeypatch.setattr(attention, "optimized_attention", attention.attention_pytorch)
-    monkeypatch.setattr(attention, "optimized_attention_masked", attention.attention_pytorch)
+    for module in (attention, flux_math):  # FLUX's attention took its own reference at import
+        for name in ("optimized_attention", "optimized_attention_masked"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, attention.attention_pytorch)
     return launches.sdxl_on_meta(), launches.sdxl_inputs()
 
 
@@ -45,3 +48,12 @@ def test_layers_reading_one_input_are_grouped(pack, sdxl_meta):
     groups = targets.shared_inputs(keys)
     assert sorted(len(g) for g in groups) == [2] * 70 + [3] * 70  # attn2 k/v and attn1 q/k/v of 70 blocks
     assert all(k.endswith((".attn1.to_q.weight", ".attn1.to_k.weight", ".attn1.to_v.weight")) for k in groups[0])
+
+
+def test_flux_training_step_is_within_the_budget(pack, sdxl_meta):
+    """FLUX.1-dev fuses q/k/v (and single blocks' q/k/v/MLP input) into one layer: 152 targets, each one
+    ``addmm`` forward and its backward; the issue's budget is 1.3x the floor."""
+    counts = launches.train_counts(pack, launches.flux_on_meta(), *launches.flux_inputs())
+    assert counts["train_targets"] == 152  # 19 double blocks x (img, txt) x (qkv, proj) + 38 single x 2
+    assert (counts["loom_train_step"] - counts["train_floor"]) / counts["train_targets"] <= 7.2, counts
+    assert counts["loom_train_over_floor"] <= 1.3, counts
