@@ -61,12 +61,12 @@ class LoraFactors:
         self._groups: list[_Shared] = []
         self._group_of: dict[str, tuple[_Shared, int]] = {}
         for keys in groups:
-            keys = [k for k in dict.fromkeys(keys) if k in self.down]
+            keys = [k for k in dict.fromkeys(keys) if k in self.down and k not in self._group_of]
             if len(keys) < 2 or len({self.down[k].shape[1] for k in keys}) != 1:
                 continue
             shared = _Shared(torch.empty(len(keys) * self.rank, self.down[keys[0]].shape[1], **work), self.rank)
             self._groups.append(shared)
-            self._group_of |= {k: (shared, i) for i, k in enumerate(keys) if k not in self._group_of}
+            self._group_of |= {k: (shared, i) for i, k in enumerate(keys)}
         self.work_down = {
             k: self._group_of[k][0].rows(self._group_of[k][1])
             if k in self._group_of

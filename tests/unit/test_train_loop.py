@@ -213,3 +213,11 @@ def test_shared_down_projection_follows_the_masters():
     x = torch.randn(2, DIM, generator=torch.Generator().manual_seed(4))
     expected = x @ shared.down["k"].detach().t() @ (shared.up["k"].detach() * shared.scale).t()
     assert torch.allclose(shared.apply("k", x, torch.zeros(2, DIM)), expected, atol=1e-6)
+
+
+def test_a_layer_named_in_two_groups_joins_the_first():
+    alone, shared = _grouped_pair([["q", "k"], ["k", "v"]])
+    assert len(shared.leaves()) == 5  # q+k share one down; v keeps its own; three ups
+    x = torch.randn(3, DIM, generator=torch.Generator().manual_seed(6))
+    for key in "qkv":
+        assert torch.allclose(alone.apply(key, x, torch.zeros(3, DIM)), shared.apply(key, x, torch.zeros(3, DIM)))
