@@ -154,7 +154,7 @@ def train_counts(pack, patcher, x, t, kw) -> dict:
     arch = engine.arch_of(base)
     modules = engine.target_modules(base, arch, "attention")
     shapes = {k: (int(m.weight.shape[0]), int(m.weight.shape[1])) for k, m in modules.items()}
-    groups = pack.nodes.train.targets.shared_inputs(modules)
+    groups = pack.lora_math.names.shared_inputs.shared_inputs(modules)
     factors = LoraFactors(
         shapes, TRAIN_RANK, float(TRAIN_RANK), device=meta, compute_dtype=base.get_dtype(), groups=groups
     )

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import comfy.model_management
 import torch
 
+from ...lora_math.names.shared_inputs import shared_inputs
 from ...lora_math.train import LoomLoRA, LoraFactors, loop
 from ...lora_math.train.loop import Item, Settings
 from .. import comfy_bridge
 from .dataset import batch_conds, caption_variants, concat_groups, encode_text, prepare
-from .targets import TARGETS, TRAIN_GUIDANCE, arch_of, distilled_guidance, family, shared_inputs, target_modules
+from .targets import TARGETS, TRAIN_GUIDANCE, arch_of, distilled_guidance, family, target_modules
 
 __all__ = [
     "TARGETS", "TRAIN_GUIDANCE", "Item", "Run", "Settings", "arch_of", "batch_conds", "caption_variants",

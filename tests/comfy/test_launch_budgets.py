@@ -43,9 +43,8 @@ def test_training_side_path_costs_at_most_six_launches_per_layer_and_step(pack, 
 
 def test_layers_reading_one_input_are_grouped(pack, sdxl_meta):
     patcher, _ = sdxl_meta
-    engine, targets = pack.nodes.train.engine, pack.nodes.train.targets
-    keys = engine.target_modules(patcher.model, "sdxl", "attention")
-    groups = targets.shared_inputs(keys)
+    keys = pack.nodes.train.engine.target_modules(patcher.model, "sdxl", "attention")
+    groups = pack.lora_math.names.shared_inputs.shared_inputs(keys)
     assert sorted(len(g) for g in groups) == [2] * 70 + [3] * 70  # attn2 k/v and attn1 q/k/v of 70 blocks
     assert all(k.endswith((".attn1.to_q.weight", ".attn1.to_k.weight", ".attn1.to_v.weight")) for k in groups[0])
 
