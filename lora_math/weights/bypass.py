@@ -23,6 +23,7 @@ that is measured in BENCHMARKS.md.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..adapters import Adapter, bypass_delta
-from ..adapters.lora import low_rank
+from ..adapters.lora import low_rank, up_project
 from .inplace import is_additive, is_low_rank
 
 __all__ = ["BypassBank", "BypassLayer", "BypassTerm"]
@@ -89,11 +90,13 @@ class _Materialised:
 
     def __init__(self, bank: BypassBank, device: torch.device, dtype: torch.dtype) -> None:
         by_width: dict[int, tuple[list[Tensor], list[int], list[tuple[int, int, int]]]] = {}
-        ups: list[Tensor | None] = []
-        for index, layer in enumerate(bank.layers):
+        ups: list[Tensor | None] = [None] * len(bank.layers)
+        grouped = [i for g in bank.shared for i in g]
+        order = [*dict.fromkeys([*grouped, *range(len(bank.layers))])]  # a group's layers side by side
+        for index in order:
+            layer = bank.layers[index]
             fast = layer.fast_terms
             if not fast:
-                ups.append(None)
                 continue
             rank = sum(t.adapter.rank for t in fast)
             up = torch.zeros(layer.out_features, rank, dtype=torch.float32, device=device)
@@ -113,14 +116,29 @@ class _Materialised:
             group[0].extend(downs)
             group[1].extend(channels)
             group[2].append((index, start, start + rank))
-            ups.append(up.to(dtype))
+            ups[index] = up.to(dtype)
         self.groups: list[_Group] = []
         self.down_views: list[Tensor | None] = [None] * len(bank.layers)
+        rows: dict[int, tuple[_Group, int, int]] = {}
         for downs, channels, spans in by_width.values():
             group = _Group(downs, channels, device, dtype)
             self.groups.append(group)
             for index, lo, hi in spans:
                 self.down_views[index] = group.scaled[lo:hi]
+                rows[index] = (group, lo, hi)
+        # A shared group's layers: one span of one buffer (same width, placed side by side above), or no sharing.
+        self.shared_of: dict[int, tuple[_SharedInput, int, int]] = {}
+        for members in bank.shared:
+            found = [rows[i] for i in members if i in rows]
+            if len(found) < 2 or len({id(g) for g, _, _ in found}) != 1:
+                continue
+            buffer, lo = found[0][0], found[0][1]
+            if any(a[2] != b[1] for a, b in zip(found, found[1:], strict=False)):
+                continue
+            shared = _SharedInput(buffer.scaled[lo : found[-1][2]], len(found))
+            for i in members:
+                if i in rows:
+                    self.shared_of[i] = (shared, rows[i][1] - lo, rows[i][2] - lo)
         self.up_t = [None if u is None else u.t() for u in ups]
         # The other terms, their adapters on this device; each reads its channel's coefficient, a view that stays
         # the same tensor for the bank's life.
@@ -136,17 +154,41 @@ class _Materialised:
             torch.mul(group.base, self.coef[group.row_channel].unsqueeze(1), out=group.scaled)
 
 
+class _SharedInput:
+    """One GEMM for the layers that read one input: ``x`` times their side-by-side ``A`` rows, computed by the
+    first of them and handed to the others by column range, then forgotten once each has had its part."""
+
+    def __init__(self, rows: Tensor, size: int) -> None:
+        self.rows, self.size = rows, size
+        self._input: weakref.ref | None = None
+        self._hidden: Tensor | None = None
+        self._served: set[int] = set()
+
+    def hidden(self, x: Tensor, lo: int, hi: int) -> Tensor:
+        if self._input is None or self._input() is not x or lo in self._served:
+            self._hidden = torch.nn.functional.linear(x, self.rows)
+            self._input, self._served = weakref.ref(x), set()
+        part = self._hidden[..., lo:hi]
+        self._served.add(lo)
+        if len(self._served) == self.size:
+            self._input, self._hidden, self._served = None, None, set()
+        return part
+
+
 class BypassBank:
     """Scheduled terms of many layers, with per-channel coefficients set once per sampling step.
 
     layers: the patched layers, in a fixed order; :meth:`add` takes a layer's index. num_channels: how many
-    coefficients :meth:`set_coefficients` takes. Factors are copied to a device/dtype the first time a layer runs
+    coefficients :meth:`set_coefficients` takes. shared: groups of layer indices that read one input (q/k/v):
+    their ``A`` rows sit side by side and run as one GEMM, the first of them called with an input computing it
+    for all (by that input's identity; any other input, or a layer called twice, computes it afresh). Factors are copied to a device/dtype the first time a layer runs
     there and kept (the first model call is a warm-up, before any graph capture); :meth:`release` drops the copies.
     """
 
-    def __init__(self, layers: Sequence[BypassLayer], num_channels: int) -> None:
+    def __init__(self, layers: Sequence[BypassLayer], num_channels: int, shared: Sequence[Sequence[int]] = ()) -> None:
         self.layers = tuple(layers)
         self.num_channels = num_channels
+        self.shared = tuple(tuple(g) for g in shared)  # layer indices that read one input: one down-projection
         for layer in self.layers:
             for term in layer.terms:
                 if not 0 <= term.channel < num_channels:
@@ -200,7 +242,12 @@ class BypassBank:
         mat = self._materialised(x.device, x.dtype)
         down = mat.down_views[index]
         if down is not None:
-            out = low_rank(x, down, mat.up_t[index].t(), out=out)  # coefficients folded into up_t
+            shared = mat.shared_of.get(index)
+            if shared is None:
+                out = low_rank(x, down, mat.up_t[index].t(), out=out)  # coefficients folded into up_t
+            else:
+                hidden = shared[0].hidden(x, shared[1], shared[2])
+                out = up_project(hidden, mat.up_t[index].t(), out=out)
         others = mat.others[index]
         if not others:
             return out

@@ -19,6 +19,7 @@ import comfy.utils
 import torch
 from comfy.patcher_extension import WrappersMP
 
+from ...lora_math.names.shared_inputs import shared_inputs
 from ...lora_math.schedule import Schedule
 from ...lora_math.weights import bypass as bypass_math
 from .module_hooks import ModuleHooks
@@ -101,7 +102,9 @@ def _bank(model, plan: BypassPlan) -> bypass_math.BypassBank:
             if kind != "linear":
                 conv_args = {a: getattr(module, a) for a in ("stride", "padding", "dilation", "groups", "padding_mode")}
             layers.append(bypass_math.BypassLayer(int(module.weight.shape[0]), kind, terms, conv_args))
-        bank = _banks[plan] = bypass_math.BypassBank(layers, len(plan.channels))
+        index = {key: i for i, key in enumerate(plan.terms)}
+        shared = [[index[k] for k in group] for group in shared_inputs(plan.terms)]  # q/k/v: one down GEMM
+        bank = _banks[plan] = bypass_math.BypassBank(layers, len(plan.channels), shared)
     return bank
 
 

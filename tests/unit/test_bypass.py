@@ -108,3 +108,32 @@ def test_bad_channels_are_refused():
     bank = BypassBank([], 2)
     with pytest.raises(ValueError, match="3 coefficients for 2 channels"):
         bank.set_coefficients([1, 2, 3])
+
+
+@pytest.mark.parametrize("same_input", [True, False])
+def test_layers_that_read_one_input_share_one_down_gemm_with_the_same_outputs(same_input):
+    """q/k/v given as ``shared``: their A rows run as one GEMM (by the input's identity), with the outputs of three;
+    a layer outside the group, one without fast terms and different inputs are all still right."""
+    loha = LoHa(rand(8, 2, seed=20), rand(2, 16, seed=21), rand(8, 2, seed=22), rand(2, 16, seed=23), alpha=2.0)
+    layers = [
+        BypassLayer(
+            24, "linear", (BypassTerm(lora(24, 16, seed=30), 0, 0.7), BypassTerm(lora(24, 16, r=2, seed=31), 1))
+        ),
+        BypassLayer(8, "linear", (BypassTerm(loha, 1, 0.5),)),  # other terms only: no fast rows
+        BypassLayer(12, "linear", (BypassTerm(lora(12, 16, seed=32), 1, -1.1),)),
+        BypassLayer(20, "linear", (BypassTerm(lora(20, 16, seed=33), 0, 0.9),)),
+    ]
+    plain, shared = BypassBank(layers, 2), BypassBank(layers, 2, shared=[[0, 1, 2, 3]])
+    for bank in (plain, shared):
+        bank.set_coefficients([0.6, -0.3])
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 5, 16, generator=gen)
+    inputs = [x] * 4 if same_input else [torch.randn(3, 5, 16, generator=gen) for _ in range(4)]
+    for step in range(2):  # twice: the group's cache is forgotten after each layer had its part
+        for i, layer in enumerate(layers):
+            base = torch.randn(3, 5, layer.out_features, generator=torch.Generator().manual_seed(40 + i + step))
+            want = plain.add(i, inputs[i], base.clone())
+            got = shared.add(i, inputs[i], base.clone())
+            assert torch.allclose(got, want, atol=1e-6), (step, i)
+    mat = shared._materialised(x.device, x.dtype)
+    assert sorted(mat.shared_of) == [0, 2, 3]  # layer 1 has no rows of A
