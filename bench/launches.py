@@ -291,6 +291,27 @@ def repatch_ops(patcher) -> int:
     return count(run)
 
 
+def bypass_call(bridge_mod, base, specs, x, t, kw) -> int:
+    """Launches of one model call with ``specs`` scheduled (a ramp), through the bypass, after a warm-up call."""
+    import torch
+    from lora_loom.lora_math.schedule import parse_schedule
+
+    ramp = parse_schedule("0:0.2, 1:1")
+    scheduled = [bridge_mod.LoraSpec(s.name, s.parsed, s.strength_model, 0.0, schedule=ramp) for s in specs]
+    patched = bridge_mod.apply_stack(base, None, scheduled)[0]
+    bridge_mod.schedule_bypass.install(patched)
+    installed = bridge_mod.schedule_bypass.installed_on(patched.model)
+    dm = patched.model.diffusion_model
+    try:
+        installed.set_progress(0.3)
+        with torch.no_grad():
+            dm(x, t, **kw)  # the first call copies the factors to the device (a warm-up)
+        installed.set_progress(0.6)
+        return count(lambda: dm(x, t, **kw))
+    finally:
+        bridge_mod.schedule_bypass.uninstall(patched.model)
+
+
 def main() -> None:
     import argparse
 
@@ -299,8 +320,6 @@ def main() -> None:
     args = ap.parse_args()
     t_start = time.perf_counter()
     pack, version = _setup()
-    import torch
-    from lora_loom.lora_math.schedule import parse_schedule
 
     bridge_mod = bridge(pack)
     base = sdxl_on_meta()
@@ -335,17 +354,7 @@ def main() -> None:
         result[f"core_dynamic_repatch_{n}"] = repatch_ops(core)
 
         # the bypass (scheduled LoRAs; or static ones, were they to take it)
-        ramp = parse_schedule("0:0.2, 1:1")
-        scheduled = [bridge_mod.LoraSpec(s.name, s.parsed, s.strength_model, 0.0, schedule=ramp) for s in specs]
-        patched = bridge_mod.apply_stack(base, None, scheduled)[0]
-        bridge_mod.schedule_bypass.install(patched)
-        installed = bridge_mod.schedule_bypass.installed_on(patched.model)
-        installed.set_progress(0.3)
-        with torch.no_grad():
-            diffusion_model(x, t, **kw)  # the first call copies the factors to the device (a warm-up)
-        installed.set_progress(0.6)
-        result[f"bypass_call_{n}"] = count(lambda: diffusion_model(x, t, **kw))
-        bridge_mod.schedule_bypass.uninstall(patched.model)
+        result[f"bypass_call_{n}"] = bypass_call(bridge_mod, base, specs, x, t, kw)
         result[f"bypass_over_base_{n}"] = round(result[f"bypass_call_{n}"] / result["base_forward"], 3)
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     emit(result, args.json)

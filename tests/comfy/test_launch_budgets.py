@@ -56,3 +56,17 @@ def test_flux_training_step_is_within_the_budget(pack, sdxl_meta):
     assert counts["train_targets"] == 152  # 19 double blocks x (img, txt) x (qkv, proj) + 38 single x 2
     assert (counts["loom_train_step"] - counts["train_floor"]) / counts["train_targets"] <= 7.2, counts
     assert counts["loom_train_over_floor"] <= 1.3, counts
+
+
+def test_scheduled_bypass_costs_under_two_launches_per_layer(pack, sdxl_meta):
+    """Three scheduled LoRAs on every attention projection: one ``addmm`` per layer (their ranks concatenated, the
+    strengths in A's rows), one down GEMM per input (q/k/v share one). Before the sharing: 2 per layer (1.61x)."""
+    patcher, (x, t, kw) = sdxl_meta
+    bridge = pack.nodes.comfy_bridge
+    loras, targets = launches.attention_loras(patcher, 3)
+    specs = [bridge.LoraSpec(f"l{i}", p, 0.5 + 0.1 * i, 0.0) for i, p in enumerate(loras)]
+    base = launches.count(lambda: patcher.model.diffusion_model(x, t, **kw))
+    call = launches.bypass_call(bridge, patcher, specs, x, t, kw)
+    assert targets == 560
+    assert (call - base) / targets <= 1.63, (call, base)  # 2,732 - 1,822 = 910 for 560 layers
+    assert call / base <= 1.5, (call, base)
