@@ -91,6 +91,13 @@ SDXL_FULL = dict(
     adm_in_channels=2816, use_temporal_attention=False, use_temporal_resblock=False,
 )  # fmt: skip
 
+# Full-size FLUX.1-dev DiT (what ComfyUI's detection calls `Flux`): 19 double and 38 single blocks, ~11.9 B params.
+FLUX_FULL = dict(
+    image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
+    mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000,
+    patch_size=2, qkv_bias=True, guidance_embed=True,
+)  # fmt: skip
+
 
 def full_size_sdxl_on_gpu(seed: int = 0):
     """Full-size SDXL UNet with random fp16 weights built on CUDA, detected by ComfyUI as SDXL.

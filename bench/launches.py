@@ -36,7 +36,7 @@ import contextlib
 import sys
 import time
 
-from _common import REPO, SDXL_FULL, bridge, emit
+from _common import FLUX_FULL, REPO, SDXL_FULL, bridge, emit
 
 sys.path.insert(0, str(REPO / "scripts"))
 
@@ -167,41 +167,33 @@ def train_counts(pack, patcher, x, t, kw) -> dict:
     return out
 
 
-def sdxl_on_meta():
-    """A ModelPatcher around ComfyUI's SDXL BaseModel built on ``meta`` (fp16), as its loaders build it."""
+def _on_meta(unet_config: dict, dtype):
+    """A ModelPatcher around the ComfyUI BaseModel ``unet_config`` detects, built on ``meta``, as its loaders build it."""
     import comfy.model_detection
     import comfy.model_patcher
     import torch
 
-    config = comfy.model_detection.model_config_from_unet_config(dict(SDXL_FULL))
-    config.set_inference_dtype(torch.float16, None)
+    config = comfy.model_detection.model_config_from_unet_config(unet_config)
+    config.set_inference_dtype(dtype, None)
     with torch.device("meta"):
         base = config.get_model({}, device="meta")
     meta = torch.device("meta")
     return comfy.model_patcher.ModelPatcher(base, load_device=meta, offload_device=meta)
 
 
-# Full-size FLUX.1-dev DiT, as ComfyUI's detection reads it from a checkpoint (bench/train.py builds the same).
-FLUX_FULL = dict(
-    image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
-    mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000,
-    patch_size=2, qkv_bias=True, guidance_embed=True,
-)  # fmt: skip
+def sdxl_on_meta():
+    """ComfyUI's SDXL BaseModel on ``meta``, fp16."""
+    import torch
+
+    return _on_meta(dict(SDXL_FULL), torch.float16)
 
 
 def flux_on_meta():
-    """A ModelPatcher around ComfyUI's FLUX.1-dev BaseModel built on ``meta`` (bf16)."""
-    import comfy.model_detection
-    import comfy.model_patcher
+    """ComfyUI's FLUX.1-dev BaseModel on ``meta``, bf16."""
     import torch
     from comfy_env import flux_dit_config
 
-    config = comfy.model_detection.model_config_from_unet_config(flux_dit_config(FLUX_FULL))
-    config.set_inference_dtype(torch.bfloat16, None)
-    with torch.device("meta"):
-        base = config.get_model({}, device="meta")
-    meta = torch.device("meta")
-    return comfy.model_patcher.ModelPatcher(base, load_device=meta, offload_device=meta)
+    return _on_meta(flux_dit_config(FLUX_FULL), torch.bfloat16)
 
 
 def flux_inputs():

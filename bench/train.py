@@ -45,16 +45,9 @@ import sys
 import time
 import traceback
 
-from _common import SDXL_FULL, device_name, emit, parse_args, setup
+from _common import FLUX_FULL, SDXL_FULL, device_name, emit, parse_args, setup
 from _measure import GIB, StepClock, log, measure, profile
 from _trainers import core_call, core_what, loom_items
-
-# Full-size FLUX.1-dev DiT (what ComfyUI's detection calls `Flux`): 19 double and 38 single blocks, ~11.9 B params.
-FLUX_FULL = dict(
-    image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
-    mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56], theta=10000,
-    patch_size=2, qkv_bias=True, guidance_embed=True,
-)  # fmt: skip
 
 
 def options(ap) -> None:
