@@ -37,6 +37,7 @@ import sys
 import time
 
 from _common import FLUX_FULL, REPO, SDXL_FULL, bridge, emit
+from _launch_core import core_hook_call, core_train_step
 
 sys.path.insert(0, str(REPO / "scripts"))
 
@@ -164,6 +165,13 @@ def train_counts(pack, patcher, x, t, kw) -> dict:
         out["loom_train_step"] = count(lambda: torch.autograd.grad(dm(x, t, **kw), params, grad_out), grad=True)
     out["train_targets"] = len(modules)
     out["loom_train_over_floor"] = round(out["loom_train_step"] / out["train_floor"], 3)
+    # core under the floor's hooks too (FLUX's norm copies; core's own checkpointing wrapper would avoid them)
+    with pack.nodes.comfy_bridge.train_hooks.trainable(base, {}, meta):
+        out["core_train_step"], out["core_train_layers"] = core_train_step(patcher, x, t, kw, TRAIN_RANK)
+        # core's adapters on Loom's layers only: the cost of materialising W + BA each forward, like for like
+        out["core_train_step_attention"] = core_train_step(patcher, x, t, kw, TRAIN_RANK, modules.values())[0]
+    out["core_train_over_floor"] = round(out["core_train_step"] / out["train_floor"], 3)
+    out["core_attention_over_floor"] = round(out["core_train_step_attention"] / out["train_floor"], 3)
     return out
 
 
@@ -348,6 +356,17 @@ def main() -> None:
         # the bypass (scheduled LoRAs; or static ones, were they to take it)
         result[f"bypass_call_{n}"] = bypass_call(bridge_mod, base, specs, x, t, kw)
         result[f"bypass_over_base_{n}"] = round(result[f"bypass_call_{n}"] / result["base_forward"], 3)
+        # static LoRAs merged (0.3.75): a model call on the merged weights
+        merged = bridge_mod.apply_stack(base, None, specs)[0]
+        bridge_mod.merge_injection.reconcile(merged)
+        result[f"static_call_{n}"] = count(lambda p=merged: p.model.diffusion_model(x, t, **kw))
+        base.unpatch_model()
+        # core's scheduled LoRAs: hooks whose keyframe changes re-patch every hooked weight, then the call
+        result[f"core_hook_call_{n}"] = core_hook_call(base, core_patches(base, n), x, t, kw)
+        result[f"core_hook_over_base_{n}"] = round(result[f"core_hook_call_{n}"] / result["base_forward"], 3)
+    # the names for the headline: one sampling call with 3 scheduled LoRAs, Loom's way
+    result["sched3_call"] = result["bypass_call_3"]
+    result["sched3_over_base"] = result["bypass_over_base_3"]
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     emit(result, args.json)
 

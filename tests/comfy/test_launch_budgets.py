@@ -39,6 +39,10 @@ def test_training_side_path_costs_at_most_six_launches_per_layer_and_step(pack, 
     extra = (counts["loom_train_step"] - counts["train_floor"]) / counts["train_targets"]
     assert extra <= 6.1, counts
     assert counts["loom_train_over_floor"] <= 1.75, counts
+    # core's TrainLoraNode at the same rank rebuilds W + BA on every weight: 14,227 (3.08x); on Loom's layers alone
+    # still 10,388 (2.25x)
+    assert counts["loom_train_step"] <= 0.6 * counts["core_train_step"], counts
+    assert counts["loom_train_step"] <= 0.8 * counts["core_train_step_attention"], counts
 
 
 def test_layers_reading_one_input_are_grouped(pack, sdxl_meta):
@@ -70,3 +74,19 @@ def test_scheduled_bypass_costs_under_two_launches_per_layer(pack, sdxl_meta):
     assert targets == 560
     assert (call - base) / targets <= 1.63, (call, base)  # 2,732 - 1,822 = 910 for 560 layers
     assert call / base <= 1.5, (call, base)
+    # core's scheduled LoRAs (hooks with keyframes) re-patch every hooked weight when the strength moves: 13,022
+    core = launches.core_hook_call(patcher, launches.core_patches(patcher, 3), x, t, kw)
+    assert call <= core / 4, (call, core)
+
+
+def test_static_loras_merged_add_nothing_to_a_call(pack, sdxl_meta):
+    patcher, (x, t, kw) = sdxl_meta
+    bridge = pack.nodes.comfy_bridge
+    loras, _ = launches.attention_loras(patcher, 3)
+    merged = bridge.apply_stack(patcher, None, [bridge.LoraSpec(f"l{i}", p, 0.7, 0.0) for i, p in enumerate(loras)])[0]
+    bridge.merge_injection.reconcile(merged)
+    try:
+        call = launches.count(lambda: merged.model.diffusion_model(x, t, **kw))
+    finally:
+        patcher.unpatch_model()
+    assert call == launches.count(lambda: patcher.model.diffusion_model(x, t, **kw))
