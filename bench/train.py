@@ -67,6 +67,12 @@ def options(ap) -> None:
     )
     ap.add_argument("--core-lora-dtype", choices=("bf16", "fp32"), default=None, help="default fp32 CPU, bf16 GPU")
     ap.add_argument(
+        "--compile",
+        choices=("off", "default", "max-autotune"),
+        default="off",
+        help="also time Loom with torch.compile in this mode (both Loom runs then use PyTorch's SDPA attention)",
+    )
+    ap.add_argument(
         "--profile", type=int, default=0, metavar="K", help="afterwards, profile K steady-state steps of each trainer"
     )
 
@@ -164,6 +170,14 @@ def dataset(args, model, size: int):
     return latents, conds
 
 
+def sdpa_attention() -> None:
+    """ComfyUI's attention as on a GPU (``--use-pytorch-cross-attention``), for every model built after this."""
+    import comfy.ldm.modules.attention as attention
+
+    for name in ("optimized_attention", "optimized_attention_masked"):
+        setattr(attention, name, attention.attention_pytorch)
+
+
 def main() -> None:
     t_start = time.perf_counter()
     args = parse_args(__doc__, options)
@@ -232,11 +246,15 @@ def main() -> None:
     what: dict = {"matched": "same rank, batch, resolution, steps, optimizer, learning rate and precision; not the "
                   "same layers (core: every weight, Loom: attention projections only)"}  # fmt: skip
 
-    def loom(checkpointing: bool, n: int):
+    if args.compile != "off":
+        sdpa_attention()  # ComfyUI's CPU default (sub-quadratic) breaks a compiled graph; the same for both runs
+        result["settings"]["attention"] = "pytorch (SDPA), both Loom runs"
+
+    def loom(checkpointing: bool, n: int, compile_mode: str = "off"):
         items = loom_items(training, model, latents, conds, size)
         settings = training.Settings(
             rank=args.rank, alpha=float(args.rank), steps=n, learning_rate=args.lr, batch_size=1,
-            resolution=size, seed=args.seed, gradient_checkpointing=checkpointing,
+            resolution=size, seed=args.seed, gradient_checkpointing=checkpointing, compile=compile_mode,
         )  # fmt: skip
 
         def call():
@@ -288,6 +306,11 @@ def main() -> None:
         if gpu and ckpt and not args.no_nockpt:
             torch.manual_seed(args.seed)
             runs["loom_nockpt"] = timed_run("loom, no checkpointing", loom(False, steps), steps)["entry"]
+        if args.compile != "off":  # the first warm-up step compiles (untimed)
+            torch.manual_seed(args.seed)
+            runs["loom_compiled"] = timed_run(f"loom, compile {args.compile}", loom(ckpt, steps, args.compile), steps)[
+                "entry"
+            ]
         if args.profile and "error" not in runs["loom"]:
             runs["loom"]["profile"] = profiled("loom", loom(ckpt, args.profile + 2))
     if not args.skip_core:
@@ -319,6 +342,10 @@ def main() -> None:
     if ok("loom") and ok("core"):
         result["speedup"] = round(runs["core"]["s_per_step"] / runs["loom"]["s_per_step"], 3)
         result["speedup_mean"] = round(runs["core"]["mean_s"] / runs["loom"]["mean_s"], 3)
+    if ok("loom_compiled"):
+        result["loom_compiled_s_per_step"] = runs["loom_compiled"]["s_per_step"]
+        if ok("loom"):
+            result["compile_speedup"] = round(runs["loom"]["s_per_step"] / runs["loom_compiled"]["s_per_step"], 3)
     if ok("loom_nockpt"):
         result["loom_nockpt_s_per_step"] = runs["loom_nockpt"]["s_per_step"]
         result["loom_nockpt_peak_mem_gib"] = runs["loom_nockpt"]["peak_mem_gib"]

@@ -181,6 +181,9 @@ class _Shared:
 
     def hidden(self, x: Tensor, index: int) -> Tensor:
         """Layer ``index``'s ``down x``."""
+        if torch.compiler.is_compiling():  # no identity bookkeeping in a traced graph; inductor plans the GEMMs
+            rows = self.leaf[index * self.rank : (index + 1) * self.rank]
+            return torch.nn.functional.linear(x, rows.to(x.dtype))
         if self._input is None or self._input() is not x or index in self._served:
             self._parts = torch.nn.functional.linear(x, self.leaf.to(x.dtype)).split(self.rank, dim=-1)
             self._input, self._served = weakref.ref(x), set()

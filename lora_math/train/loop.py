@@ -49,6 +49,7 @@ class Settings:
     gradient_checkpointing: bool = False
     prior_weight: float = 1.0
     preview_every: int = 0
+    compile: str = "off"  # torch.compile of the model for the run: off / default / max-autotune
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:

@@ -165,6 +165,8 @@ class _SharedInput:
         self._served: set[int] = set()
 
     def hidden(self, x: Tensor, lo: int, hi: int) -> Tensor:
+        if torch.compiler.is_compiling():  # no identity bookkeeping in a traced graph; inductor plans the GEMMs
+            return torch.nn.functional.linear(x, self.rows[lo:hi])
         if self._input is None or self._input() is not x or lo in self._served:
             self._hidden = torch.nn.functional.linear(x, self.rows)
             self._input, self._served = weakref.ref(x), set()
@@ -221,11 +223,19 @@ class BypassBank:
         last = self._last
         if last is not None and last[0] == device and last[1] == dtype:
             return last[2]
+        return self._materialise(device, dtype)
+
+    @torch.compiler.disable  # built once, eagerly; a compiled model call only ever takes the fast path above
+    def _materialise(self, device: torch.device, dtype: torch.dtype) -> _Materialised:
         mat = self._mats.get((device, dtype))
         if mat is None:
             mat = self._mats[(device, dtype)] = _Materialised(self, device, dtype)
         self._last = (device, dtype, mat)
         return mat
+
+    def prepare(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Copy the factors to ``device``/``dtype`` now (before a compiled or captured call would)."""
+        self._materialised(torch.device(device), dtype)
 
     def release(self) -> None:
         self._mats.clear()

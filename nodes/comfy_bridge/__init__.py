@@ -13,10 +13,11 @@ it so); what differs between the ComfyUI versions the pack runs on is named in `
     model_info.py       per-model key shapes and cached key matches
     module_hooks.py     the one way a module's call is extended or wrapped, and restored
     train_hooks.py      the trainer's side paths and checkpointing for one run
+    compiled.py         torch.compile for a training run (the model swapped in per call, as core's node does)
     compat.py           0.3.75 vs upstream 0.2x+
 """
 
-from . import compat, injection, merge_injection, model_info, schedule_bypass, train_hooks
+from . import compat, compiled, injection, merge_injection, model_info, schedule_bypass, train_hooks
 from .apply import LoraSpec, PatchReport, apply_stack, match_spec
 from .merge_injection import effective_weight, original_weight
 from .model_info import model_keys
@@ -26,6 +27,7 @@ __all__ = [
     "PatchReport",
     "apply_stack",
     "compat",
+    "compiled",
     "injection",
     "merge_injection",
     "model_info",

@@ -157,6 +157,10 @@ def _apply_model_wrapper(executor, x, t, c_concat=None, c_crossattn=None, contro
             installed.set_step(_sigma_index(values, sigma), len(values) - 1)
         else:  # a model call outside a sampler: ComfyUI's own percent convention
             installed.set_progress(_percent_of_sigma(executor.class_obj.model_sampling, sigma))
+        # the factors on the device, in the dtype apply_model runs the layers in, before the call (a compiled model
+        # must find them there: made inside, they would cost a second compile)
+        base = executor.class_obj
+        installed.bank.prepare(x.device, getattr(base, "manual_cast_dtype", None) or base.get_dtype())
     return executor(
         x, t, c_concat, c_crossattn, control, {} if transformer_options is None else transformer_options, **kw
     )

@@ -46,9 +46,15 @@ class Run:
     on_step: Callable[[int, float, object], None] | None = None  # (step, loss, factors) after each step
 
 
-def denoise(base, device: torch.device, x: torch.Tensor, sigma: torch.Tensor, conds: Sequence[dict]) -> torch.Tensor:
+def denoise(
+    base, device: torch.device, x: torch.Tensor, sigma: torch.Tensor, conds: Sequence[dict], compiled=None
+) -> torch.Tensor:
     """x̂0 of a noised batch by the model's ``apply_model``, in as few calls as the conditioning allows (the sampler
-    concatenates conds only where every entry can; Z-Image's captions of different token counts cannot)."""
+    concatenates conds only where every entry can; Z-Image's captions of different token counts cannot); on the
+    compiled model when the run has one."""
+    if compiled is not None:
+        with compiled.swapped():
+            return denoise(base, device, x, sigma, conds)
     groups = concat_groups(conds)
     if len(groups) == 1:
         return base.apply_model(x, sigma, **batch_conds(conds, device))
@@ -80,12 +86,16 @@ def train(run: Run) -> LoomLoRA:
         groups = shared_inputs(modules)  # q/k/v that read one input share one down-projection
         factors = LoraFactors(shapes, s.rank, s.alpha, device=device, seed=s.seed, compute_dtype=compute, groups=groups)
         side_paths = {module: functools.partial(factors.apply, key) for key, module in modules.items()}
-        with comfy_bridge.train_hooks.trainable(base, side_paths, device, s.gradient_checkpointing):
+        shapes = len({item.bucket for item in [*run.items, *run.class_items]})
+        with (
+            comfy_bridge.train_hooks.trainable(base, side_paths, device, s.gradient_checkpointing),
+            comfy_bridge.compiled.maybe_compiled(base, s.compile, shapes) as compiled,  # after the hooks: traced in
+        ):
             return loop.train(
                 factors,
                 s,
                 run.items,
-                functools.partial(denoise, base, device),
+                functools.partial(denoise, base, device, compiled=compiled),
                 base.model_sampling,  # the model's own schedule and shift (FLUX.2 2.02, Z-Image 3, SD3 3 …)
                 run.prediction,
                 run.arch,

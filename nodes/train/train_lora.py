@@ -86,6 +86,7 @@ def apply_trained(model, lora: LoomLoRA):
 SETTINGS = (
     "rank", "alpha", "target", "steps", "learning_rate", "lr_schedule", "warmup_steps", "optimizer", "batch_size",
     "resolution", "seed", "caption_dropout", "noise_offset", "min_snr_gamma", "gradient_checkpointing", "preview_every",
+    "compile",
 )  # fmt: skip
 
 
@@ -96,6 +97,7 @@ def settings_from(kw: dict) -> Settings:
     )
     if settings.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer: {settings.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    comfy_bridge.compiled.check_mode(settings.compile)
     return settings
 
 
@@ -174,6 +176,14 @@ class LoomTrainLora(io.ComfyNode):
                 io.Float.Input("min_snr_gamma", default=5.0, min=0.0, max=100.0, step=0.1, tooltip="0 turns it off."),
                 io.Boolean.Input("gradient_checkpointing", default=False),
                 io.Int.Input("preview_every", default=0, min=0, max=100000, tooltip="0: no previews."),
+                io.Combo.Input(
+                    "compile",
+                    options=list(comfy_bridge.compiled.COMPILE_MODES),
+                    default="off",
+                    optional=True,
+                    tooltip="torch.compile the model for the run: fewer, fused kernels on a GPU (max-autotune adds "
+                    "CUDA graphs). Each image size compiles once (a minute or more), so it pays on long runs.",
+                ),
                 io.Image.Input("class_images", optional=True, tooltip="Prior preservation (DreamBooth) images."),
                 io.String.Input("class_prompt", optional=True, default="", tooltip="Caption of the class images."),
                 io.Float.Input("prior_weight", optional=True, default=1.0, min=0.0, max=10.0, step=0.05),
