@@ -176,14 +176,6 @@ class LoomTrainLora(io.ComfyNode):
                 io.Float.Input("min_snr_gamma", default=5.0, min=0.0, max=100.0, step=0.1, tooltip="0 turns it off."),
                 io.Boolean.Input("gradient_checkpointing", default=False),
                 io.Int.Input("preview_every", default=0, min=0, max=100000, tooltip="0: no previews."),
-                io.Combo.Input(
-                    "compile",
-                    options=list(comfy_bridge.compiled.COMPILE_MODES),
-                    default="off",
-                    optional=True,
-                    tooltip="torch.compile the model for the run: fewer, fused kernels on a GPU (max-autotune adds "
-                    "CUDA graphs). Each image size compiles once (a minute or more), so it pays on long runs.",
-                ),
                 io.Image.Input("class_images", optional=True, tooltip="Prior preservation (DreamBooth) images."),
                 io.String.Input("class_prompt", optional=True, default="", tooltip="Caption of the class images."),
                 io.Float.Input("prior_weight", optional=True, default=1.0, min=0.0, max=10.0, step=0.05),
@@ -193,6 +185,15 @@ class LoomTrainLora(io.ComfyNode):
                     options=["none", *lora_files.lora_names()],
                     default="none",
                     tooltip="Continue a LoRA saved by Loom Save LoRA (with its optimizer state).",
+                ),
+                # last: saved workflows map widget values by position, so a new input goes after the old ones
+                io.Combo.Input(
+                    "compile",
+                    options=list(comfy_bridge.compiled.COMPILE_MODES),
+                    default="off",
+                    optional=True,
+                    tooltip="torch.compile the model for the run: fewer, fused kernels on a GPU (max-autotune adds "
+                    "CUDA graphs). Each image size compiles once (a minute or more), so it pays on long runs.",
                 ),
             ],
             outputs=[
