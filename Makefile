@@ -4,7 +4,7 @@ VENV_PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
 RUFF := .venv/bin/ruff
 
-.PHONY: setup setup-upstream models browser demo serve screenshots test test-unit test-comfy test-comfy-upstream test-browser test-server test-server-upstream test-gpu lint format bench clean
+.PHONY: setup setup-upstream models world browser demo serve screenshots test test-unit test-comfy test-comfy-upstream test-browser test-server test-server-upstream test-gpu lint format bench clean
 
 setup:            ## venv + ComfyUI (pinned 0.3.75, or COMFYUI_DIR) + the pack linked into custom_nodes
 	@$(PYTHON) scripts/bootstrap.py
@@ -14,6 +14,8 @@ setup-upstream: setup   ## upstream ComfyUI (0.28.2 from ../shared/comfyui, or C
 
 models: setup     ## small seeded stand-in models (cached in .runtime/models)
 	@$(VENV_PY) scripts/make_models.py
+world: setup      ## re-train the tiny world model on the CPU (scripts/make_world.py; its result is committed)
+	$(VENV_PY) scripts/make_world.py
 
 browser:          ## Debian's chromium for the browser tier (apt-get as root or with sudo; skipped when there is one)
 	@$(PYTHON) scripts/bootstrap.py --browser

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (235, 210, 20)}
-SIZES = {"small": 0.20, "large": 0.32}  # the shape's extent, as a fraction of the image side
+SIZES = {"small": 0.18, "large": 0.28}  # the shape's extent, as a fraction of the image side
 POSITIONS = (
     "top left", "top", "top right",
     "left", "center", "right",
@@ -135,7 +135,7 @@ def random_scene(rng: random.Random, **fixed) -> Scene:
         position=rng.choice(POSITIONS),
         background=rng.choice(list(BACKGROUNDS)),
         texture=rng.choice(TEXTURES),
-        jitter=(rng.uniform(-0.12, 0.12), rng.uniform(-0.12, 0.12)),
+        jitter=(rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1)),
     )
     return replace(scene, **fixed)
 
