@@ -22,9 +22,15 @@ projections):
   bypass_call_N             one model call with N LoRAs as a low-rank bypass (what static LoRAs would cost per call
                             on a dynamic model if they took the bypass; what scheduled LoRAs cost everywhere)
   bypass_over_base_N        bypass_call_N / base_forward
+  static_call_N             one model call with N static LoRAs merged (0.3.75, upstream's regular patchers)
+  core_hook_call_N          core's scheduled LoRAs (hooks with keyframes): the re-patch of every hooked weight a
+                            keyframe change costs, plus the model call (bench/_launch_core.py)
+  sched3_call, sched3_over_base   bypass_call_3 and bypass_over_base_3 under the issue's names
   train_floor               one training step's forward and backward to the input, no LoRA (the floor)
   loom_train_step           Loom's training step (forward + backward to its rank-16 factors on the attention preset)
   loom_train_over_floor     loom_train_step / train_floor
+  core_train_step           core TrainLoraNode's step at the same rank, its layers as it builds them (every weight);
+                            core_train_step_attention: core's adapters on Loom's layers only
   flux_*                    the same three on the full-size FLUX.1-dev DiT (bf16, 1024², batch 1; its fused qkv
                             and single-block linear1 are one layer each: no input shared between target layers)
 Run: ``python bench/launches.py [--json]`` (a minute or two on a CPU).
