@@ -3,8 +3,9 @@
 Plain image statistics, no learned weights, so what a test concludes from it is easy to audit:
 - the shape is the saturated pixels (the world's backgrounds and textures are grey); its colour the nearest named
   hue of their median hue; its position the grid cell of their centroid; its size their area;
-- its kind from two numbers: how much of its bounding box it fills and how much of its convex hull (its solidity):
-  square (1.0, 1.0), circle (0.79, 1.0), triangle (0.5, 1.0), cross (0.56, 0.72), star (0.36, 0.53);
+- its kind by template: each shape drawn (as the world draws it, anti-aliased) over the saturated pixels' bounding
+  box at a few scales and offsets, the best soft overlap (intersection over union of coverage in [0, 1]) wins;
+  coverage, not a hard mask, so a VAE's soft edges read as what they are;
 - the background is the grey whose pair (itself and its texture's ink) most other pixels are nearest; the texture
   from the ink: none, or ~15% of the pixels in dots, or ~50% in stripes (the spectrum's energy on one axis) or checks.
 Anything missing (no saturated pixels: no shape) reads as ``none``.
@@ -16,21 +17,13 @@ import colorsys
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 try:
-    from .draw import ALL_COLOURS, BACKGROUNDS, POSITIONS, SIZES, ink_level
+    from .draw import ALL_COLOURS, ALL_SHAPES, BACKGROUNDS, POSITIONS, SIZES, ink_level, shape_points
 except ImportError:  # run as a script's sibling module
-    from draw import ALL_COLOURS, BACKGROUNDS, POSITIONS, SIZES, ink_level
+    from draw import ALL_COLOURS, ALL_SHAPES, BACKGROUNDS, POSITIONS, SIZES, ink_level, shape_points
 
-# (fill of the bounding box, solidity) of each shape, the mean over small and large clean 64-px renders
-# (anti-aliased edges make small shapes fuller than their polygons); solidity counts double (triangle vs cross)
-PROTOTYPES = {
-    "square": (1.0, 1.0),
-    "circle": (0.78, 0.93),
-    "triangle": (0.565, 0.885),
-    "cross": (0.575, 0.73),
-    "star": (0.44, 0.59),
-}
 HUES = {name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360 for name, rgb in ALL_COLOURS.items()}
 MIN_CHROMA = 70  # max - min of a pixel's RGB for it to be the shape's (the world's greys are at 0)
 
@@ -43,8 +36,7 @@ class Reading:
     position: str
     background: str
     texture: str
-    fill: float = 0.0
-    solidity: float = 0.0
+    overlap: float = 0.0  # the winning template's soft intersection over union with the shape's coverage
 
     def attributes(self) -> dict[str, str]:
         return {k: getattr(self, k) for k in ("shape", "colour", "size", "position", "background", "texture")}
@@ -71,30 +63,6 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
         if size > best_size:
             best, best_size = current, size
     return labels == best
-
-
-def _hull_area(points: np.ndarray) -> float:
-    """Area of the convex hull of pixel squares (their corners), by Andrew's monotone chain and the shoelace."""
-    corners = np.concatenate([points + d for d in ((0, 0), (0, 1), (1, 0), (1, 1))])
-    pts = sorted(set(map(tuple, corners.tolist())))
-    if len(pts) < 3:
-        return float(len(points))
-
-    def cross(o, a, b):
-        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
-
-    lower, upper = [], []
-    for p in pts:
-        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
-            lower.pop()
-        lower.append(p)
-    for p in reversed(pts):
-        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
-            upper.pop()
-        upper.append(p)
-    hull = lower[:-1] + upper[:-1]
-    x, y = np.array(hull, dtype=float).T
-    return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
 
 
 def _colour(pixels: np.ndarray) -> str:
@@ -148,16 +116,46 @@ def read(image: np.ndarray) -> Reading:
         return Reading("none", "none", "none", "none", background, texture)
     shape_mask = _largest_component(mask)
     ys, xs = np.nonzero(shape_mask)
-    area = float(len(ys))
-    box = float((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
-    fill, solidity = area / box, area / _hull_area(np.stack([ys, xs], axis=1))
-    kind = min(PROTOTYPES, key=lambda s: (fill - PROTOTYPES[s][0]) ** 2 + 4 * (solidity - PROTOTYPES[s][1]) ** 2)
+    coverage = np.clip((chroma - 20) / (MIN_CHROMA * 2 - 20), 0, 1) * _grow(shape_mask, 3)
+    kind, overlap = _kind(coverage, ys, xs)
     col = min(int(xs.mean() * 3 / side), 2)
     row = min(int(ys.mean() * 3 / side), 2)
     extent = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / side
     size = min(SIZES, key=lambda s: abs(extent - SIZES[s]))
     colour = _colour(rgb[shape_mask])
-    return Reading(kind, colour, size, POSITIONS[row * 3 + col], background, texture, fill, solidity)
+    return Reading(kind, colour, size, POSITIONS[row * 3 + col], background, texture, overlap)
+
+
+def _template(shape: str, side: int, box: tuple[float, float, float, float]) -> np.ndarray:
+    """Coverage in [0, 1] of ``shape`` drawn to fill the bounding box ``(y0, x0, y1, x1)`` (pixel edges) at its
+    own aspect: the longer side of its outline matches the box's longer side."""
+    unit = np.array(shape_points(shape, 0.0, 0.0, 1.0))
+    lo, hi = unit.min(axis=0), unit.max(axis=0)
+    y0, x0, y1, x1 = box
+    scale = max(x1 - x0, y1 - y0) / float((hi - lo).max())
+    centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2]) - (lo + hi) / 2 * scale
+    k = 4  # supersampled, as the world draws
+    image = Image.new("L", (side * k, side * k), 0)
+    ImageDraw.Draw(image).polygon([tuple(p) for p in (unit * scale + centre) * k], fill=255)
+    return np.asarray(image.resize((side, side), Image.Resampling.BOX), dtype=float) / 255
+
+
+def _kind(coverage: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> tuple[str, float]:
+    """The shape whose template best overlaps ``coverage``, over the box's scale ±12% and offsets of ±1 px."""
+    side = coverage.shape[0]
+    box = (float(ys.min()), float(xs.min()), float(ys.max() + 1), float(xs.max() + 1))
+    cy, cx = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    best, best_score = "none", -1.0
+    for shape in ALL_SHAPES:
+        for scale in (0.88, 1.0, 1.12):
+            for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
+                y0, y1 = cy + dy + (box[0] - cy) * scale, cy + dy + (box[2] - cy) * scale
+                x0, x1 = cx + dx + (box[1] - cx) * scale, cx + dx + (box[3] - cx) * scale
+                t = _template(shape, side, (y0, x0, y1, x1))
+                score = float(np.minimum(t, coverage).sum() / max(np.maximum(t, coverage).sum(), 1e-6))
+                if score > best_score:
+                    best, best_score = shape, score
+    return best, best_score
 
 
 def _grow(mask: np.ndarray, steps: int = 2) -> np.ndarray:

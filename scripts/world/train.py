@@ -27,6 +27,8 @@ class Plan:
     vae_steps: int = 400
     vae_batch: int = 24
     vae_lr: float = 1e-3
+    vae_noise: float = 0.05  # latent noise, relative to the latents' std
+    vae_edges: bool = False
     vae_crop: int = 32  # the VAE is convolutional: it trains on crops (4× the samples per second at 32 of 64 px)
     unet_steps: int = 2500
     unet_batch: int = 64
@@ -69,12 +71,15 @@ def train_vae(vae, images: torch.Tensor, plan: Plan) -> list[float]:
         batch = _crops(images[torch.randint(len(images), (plan.vae_batch,), generator=g)], plan.vae_crop, g)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=plan.bf16):
             mean = vae.quant_conv(vae.encoder(batch))[:, :4].float()
-            mean = mean + 0.05 * mean.detach().std() * torch.randn(mean.shape, generator=g)
+            mean = mean + plan.vae_noise * mean.detach().std() * torch.randn(mean.shape, generator=g)
             out = vae.decoder(vae.post_quant_conv(mean)).float()
         chroma = batch.max(dim=1, keepdim=True).values - batch.min(dim=1, keepdim=True).values
         weight = 1 + 9 * (chroma > 0.3).float()
         err = out - batch
         loss = (weight * (err.abs() + err * err)).mean() + 1e-6 * mean.pow(2).mean()
+        if plan.vae_edges:  # edges: the image's differences along x and y, where a shape's corners live
+            for dim in (2, 3):
+                loss = loss + (out.diff(dim=dim) - batch.diff(dim=dim)).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,6 +1,7 @@
 """The tiny world's drawer and measurer (scripts/world): captions say what is drawn, and the measurer reads held-out
-renders back at ≥ 95% per attribute (measured 2026-12-04: base world 99.75% shape, 100% the rest, on 400 renders;
-with the unseen star, magenta and checkerboard mixed in 98.0% shape, 98.7% texture, on 300)."""
+renders back at ≥ 95% per attribute (measured 2026-12-04 with the template-matching shape reader: 100% every attribute
+on 300 held-out renders, still 100% after a Gaussian blur of radius 1.0 px, 87% shape at 1.5 px; with the unseen star,
+magenta and checkerboard mixed in 100% shape, 99.7% texture, on 300)."""
 
 from __future__ import annotations
 
